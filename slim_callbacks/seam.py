@@ -1,0 +1,390 @@
+"""The seam: the ONLY module that touches ``paddle.Model`` private members.
+
+Paddle's hapi gives callbacks no access to the batch, the loss or the optimizer step. Compression needs
+all three, so one :class:`Seam` is installed per ``paddle.Model`` and shared by every callback:
+
+* **extra loss terms** - named functions of the step context added to the task loss. They appear as
+  separate entries of ``logs['loss']`` (task loss first, then terms in registration order); the
+  optimizer minimizes their sum. In eval mode only the task loss counts unless a term sets
+  ``in_eval=True``.
+* **batch transforms** - functions that rewrite the training batch (inputs, labels, label mixture)
+  before the forward pass, applied in ascending ``priority`` then registration order. Eval batches are
+  never transformed.
+* **step hooks** - functions called right after each optimizer update (e.g. re-applying pruning masks).
+* **extra layers** - layers created after ``prepare`` (distillation adapters) whose parameters join the
+  optimizer and whose weights travel in checkpoints without becoming part of the exported network.
+* **state providers** - named ``get``/``set`` pairs whose state is written beside ``model.save``'s files
+  (``PATH.slim``) and restored by ``model.load``; state loaded before its provider registers is kept
+  pending and handed over on registration (resume).
+* the real network behind ``paddle.DataParallel`` and the optimizer-update counter that schedules use.
+
+Hooks go in as *instance attributes* (``train_batch``, ``eval_batch``, ``save``, ``load``) and a wrapped
+``_loss``; :meth:`Seam.uninstall` deletes/restores them and leaves the Model exactly as it was.
+Writes are atomic: every file goes to a temporary name and is renamed into place, so a process killed
+during a save leaves the previous checkpoint loadable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import paddle
+
+from .reporting import Reporter
+
+__all__ = ["Seam", "StepContext", "atomic_save"]
+
+_ATTR = "_slim_seam"
+_HOOKED = ("train_batch", "eval_batch", "save", "load")
+SLIM_SUFFIX = ".slim"
+
+
+def _as_list(x: Any) -> list:
+    if x is None:
+        return []
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    return [x]
+
+
+@dataclass
+class StepContext:
+    """What one train/eval step carries through the seam.
+
+    Attributes:
+        mode: ``'train'`` or ``'eval'``.
+        inputs: the (possibly transformed) input tensors the network sees.
+        labels: the labels given to metrics (transforms keep them clean, see ``label_mixture``).
+        label_mixture: for mixed batches, ``[(weight, labels), ...]``: the task loss becomes
+            ``sum(weight * loss(outputs, labels))``. Empty means the plain task loss on ``labels``.
+        outputs: the network outputs, set before loss terms run.
+        task_loss: the task loss terms, set before extra terms run.
+        update: whether this batch ends with an optimizer update (gradient accumulation).
+        info: free-form per-step data shared between transforms and terms (e.g. mixing lambda).
+    """
+
+    mode: str
+    inputs: list
+    labels: list
+    update: bool = True
+    label_mixture: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    task_loss: list = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Entry:
+    name: str
+    fn: Callable
+    priority: float = 0.0
+    in_eval: bool = False
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``paddle.save`` to a temporary file in the same folder, then rename over ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    os.close(fd)
+    try:
+        paddle.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class Seam:
+    """Per-Model hook point shared by all slim callbacks. Get one with :meth:`attach`."""
+
+    def __init__(self, model: paddle.Model) -> None:
+        if getattr(model, "_optimizer", None) is None or getattr(model, "_loss", None) is None:
+            raise RuntimeError(
+                "slim_callbacks needs a prepared model with a loss and an optimizer: "
+                "call model.prepare(optimizer, loss, metrics) before fit"
+            )
+        self.model = model
+        self.global_step = 0  #: optimizer updates done so far (restored on resume)
+        self.reporter = Reporter()
+        self.reporter.default_step = lambda: self.global_step
+        self._users = 0
+        self._orig_loss = model._loss
+        self._orig = {name: getattr(model, name) for name in _HOOKED}
+        self._terms: list[_Entry] = []
+        self._transforms: list[_Entry] = []
+        self._step_hooks: list[_Entry] = []
+        self._extras: dict[str, paddle.nn.Layer] = {}
+        self._providers: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {}
+        self._pending: dict[str, Any] = {}
+        self._pending_extras: dict[str, dict] = {}
+        self._ctx: StepContext | None = None
+        model._loss = self._loss
+        model.train_batch = self._train_batch
+        model.eval_batch = self._eval_batch
+        model.save = self._save
+        model.load = self._load
+        setattr(model, _ATTR, self)
+
+    # ------------------------------------------------------------------------------- life cycle
+    @classmethod
+    def attach(cls, model: paddle.Model) -> "Seam":
+        """Install the seam on ``model`` if needed and count one more user. Pair with :meth:`release`."""
+        seam = cls.get(model) or cls(model)
+        seam._users += 1
+        return seam
+
+    @staticmethod
+    def get(model: paddle.Model) -> "Seam | None":
+        """The seam installed on ``model``, or None."""
+        return model.__dict__.get(_ATTR)
+
+    def release(self) -> None:
+        """One user is done; the last one out uninstalls the seam."""
+        self._users = max(0, self._users - 1)
+        if self._users == 0:
+            self.uninstall()
+
+    def uninstall(self) -> None:
+        """Remove every hook and registered parameter, leaving the Model as it was before :meth:`attach`."""
+        model = self.model
+        if model.__dict__.get(_ATTR) is not self:
+            return
+        for name in list(self._extras):
+            self.unregister_layer(name)
+        model._loss = self._orig_loss
+        for name in _HOOKED:
+            model.__dict__.pop(name, None)
+        del model.__dict__[_ATTR]
+        self._terms.clear()
+        self._transforms.clear()
+        self._step_hooks.clear()
+        self._providers.clear()
+
+    # ---------------------------------------------------------------------------- the network
+    @property
+    def network(self) -> paddle.nn.Layer:
+        """The real network (never the DataParallel wrapper)."""
+        return self.model.network
+
+    @property
+    def parallel_network(self) -> paddle.nn.Layer:
+        """What the forward pass actually calls: the DataParallel wrapper when nranks > 1, else the network."""
+        return getattr(self.model._adapter, "ddp_model", None) or self.model.network
+
+    @property
+    def optimizer(self) -> paddle.optimizer.Optimizer:
+        return self.model._optimizer
+
+    @property
+    def nranks(self) -> int:
+        return int(getattr(self.model._adapter, "_nranks", 1))
+
+    @property
+    def rank(self) -> int:
+        return int(paddle.distributed.ParallelEnv().local_rank)
+
+    def steps_per_epoch(self, batches_per_epoch: int | None) -> int | None:
+        """Optimizer updates per epoch for ``batches_per_epoch`` batches under gradient accumulation."""
+        if not batches_per_epoch:
+            return None
+        accumulate = int(getattr(self.model, "_accumulate", 1) or 1)
+        return max(1, math.ceil(batches_per_epoch / accumulate))
+
+    # ----------------------------------------------------------------------------- registration
+    @staticmethod
+    def _add(entries: list[_Entry], entry: _Entry, what: str) -> None:
+        if any(e.name == entry.name for e in entries):
+            raise ValueError(f"a {what} named {entry.name!r} is already registered; names: {[e.name for e in entries]}")
+        entries.append(entry)
+        # stable sort: equal priorities keep registration order
+        entries.sort(key=lambda e: e.priority)
+
+    @staticmethod
+    def _remove(entries: list[_Entry], name: str) -> None:
+        entries[:] = [e for e in entries if e.name != name]
+
+    def add_loss_term(self, name: str, fn: Callable[[StepContext], paddle.Tensor], *, in_eval: bool = False) -> None:
+        """Add ``fn(ctx) -> scalar Tensor`` to the loss under ``name`` (a separate entry of logs['loss'])."""
+        self._add(self._terms, _Entry(name, fn, 0.0, in_eval), "loss term")
+
+    def remove_loss_term(self, name: str) -> None:
+        self._remove(self._terms, name)
+
+    def loss_names(self, mode: str = "train") -> list[str]:
+        """Names of the entries of logs['loss'] (train) or logs['eval_loss'] (eval), in order."""
+        return ["task"] + [t.name for t in self._terms if mode == "train" or t.in_eval]
+
+    def add_batch_transform(self, name: str, fn: Callable[[StepContext], None], *, priority: float = 0.0) -> None:
+        """Run ``fn(ctx)`` on every training batch before the forward pass; it may replace
+        ``ctx.inputs``/``ctx.labels`` and set ``ctx.label_mixture``. Lower ``priority`` runs first."""
+        self._add(self._transforms, _Entry(name, fn, priority), "batch transform")
+
+    def remove_batch_transform(self, name: str) -> None:
+        self._remove(self._transforms, name)
+
+    def add_step_hook(self, name: str, fn: Callable[[StepContext], None], *, priority: float = 0.0) -> None:
+        """Call ``fn(ctx)`` right after each optimizer update (not after accumulation-only batches)."""
+        self._add(self._step_hooks, _Entry(name, fn, priority), "step hook")
+
+    def remove_step_hook(self, name: str) -> None:
+        self._remove(self._step_hooks, name)
+
+    def register_layer(self, name: str, layer: paddle.nn.Layer) -> None:
+        """Train ``layer``'s parameters with the model's optimizer and keep its weights in checkpoints.
+
+        The layer stays outside the network, so the exported model does not carry it.
+        """
+        if name in self._extras:
+            raise ValueError(f"an extra layer named {name!r} is already registered; names: {sorted(self._extras)}")
+        plist = self.optimizer._parameter_list
+        if plist is None or (plist and isinstance(plist[0], dict)):
+            raise TypeError(
+                "the optimizer was built with parameter groups (or none); slim_callbacks can only add "
+                "parameters to an optimizer built with parameters=network.parameters()"
+            )
+        known = {id(p) for p in plist}
+        for p in layer.parameters():
+            if not p.stop_gradient and id(p) not in known:
+                plist.append(p)  # in place: Optimizer._param_groups is the same list object
+        self._extras[name] = layer
+        if name in self._pending_extras:
+            layer.set_state_dict(self._pending_extras.pop(name))
+
+    def unregister_layer(self, name: str) -> None:
+        layer = self._extras.pop(name, None)
+        if layer is None:
+            return
+        ids = {id(p) for p in layer.parameters()}
+        plist = self.optimizer._parameter_list
+        plist[:] = [p for p in plist if id(p) not in ids]
+
+    @property
+    def extra_layers(self) -> dict[str, paddle.nn.Layer]:
+        return dict(self._extras)
+
+    def register_state(self, name: str, get: Callable[[], Any], set: Callable[[Any], None]) -> None:
+        """Keep ``get()`` in checkpoints under ``name``; ``set(state)`` restores it (now if already loaded)."""
+        self._providers[name] = (get, set)
+        if name in self._pending:
+            set(self._pending.pop(name))
+
+    def unregister_state(self, name: str) -> None:
+        self._providers.pop(name, None)
+
+    def pending_state(self, name: str) -> Any:
+        """State loaded from a checkpoint for a provider not registered yet (None if there is none)."""
+        return self._pending.get(name)
+
+    # ------------------------------------------------------------------------- hooked methods
+    def _run_transforms(self, ctx: StepContext) -> None:
+        if not self._transforms:
+            return
+        ctx.inputs = [x if isinstance(x, paddle.Tensor) else paddle.to_tensor(x) for x in ctx.inputs]
+        ctx.labels = [y if isinstance(y, paddle.Tensor) else paddle.to_tensor(y) for y in ctx.labels]
+        for t in self._transforms:
+            t.fn(ctx)
+
+    def _train_batch(self, inputs: Any, labels: Any = None, update: bool = True) -> Any:
+        ctx = StepContext("train", _as_list(inputs), _as_list(labels), bool(update))
+        self._run_transforms(ctx)
+        self._ctx = ctx
+        try:
+            result = self._orig["train_batch"](ctx.inputs, ctx.labels, update)
+        finally:
+            self._ctx = None
+        if update:
+            self.global_step += 1
+            for hook in self._step_hooks:
+                hook.fn(ctx)
+        return result
+
+    def _eval_batch(self, inputs: Any, labels: Any = None) -> Any:
+        self._ctx = StepContext("eval", _as_list(inputs), _as_list(labels))
+        try:
+            return self._orig["eval_batch"](inputs, labels)
+        finally:
+            self._ctx = None
+
+    def _loss(self, *args: Any) -> list:
+        ctx = self._ctx or StepContext("eval", [], [])
+        n_labels = len(ctx.labels)
+        outputs = list(args[: len(args) - n_labels]) if n_labels else list(args)
+        labels = list(args[len(args) - n_labels :]) if n_labels else []
+        ctx.outputs = outputs
+        if ctx.mode == "train" and ctx.label_mixture:
+            task = None
+            for weight, mixed in ctx.label_mixture:
+                part = paddle.add_n(_as_list(self._orig_loss(*(outputs + _as_list(mixed)))))
+                task = part * weight if task is None else task + part * weight
+            ctx.task_loss = [task]
+        else:
+            ctx.task_loss = _as_list(self._orig_loss(*(outputs + labels)))
+        losses = list(ctx.task_loss)
+        for term in self._terms:
+            if ctx.mode != "train" and not term.in_eval:
+                continue
+            value = term.fn(ctx)
+            if not isinstance(value, paddle.Tensor):
+                raise TypeError(f"loss term {term.name!r} returned {type(value).__name__}, expected a scalar Tensor")
+            losses.append(value.reshape([]) if value.ndim else value)
+        return losses
+
+    # ---------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the seam carries beyond the network and optimizer files."""
+        return {
+            "version": 1,
+            "global_step": self.global_step,
+            "extras": {name: layer.state_dict() for name, layer in self._extras.items()},
+            "state": {name: get() for name, (get, _) in self._providers.items()},
+        }
+
+    def set_state_dict(self, state: dict[str, Any]) -> None:
+        self.global_step = int(state.get("global_step", 0))
+        for name, weights in state.get("extras", {}).items():
+            if name in self._extras:
+                self._extras[name].set_state_dict(weights)
+            else:
+                self._pending_extras[name] = weights
+        for name, value in state.get("state", {}).items():
+            if name in self._providers:
+                self._providers[name][1](value)
+            else:
+                self._pending[name] = value
+
+    def _save(self, path: str, training: bool = True) -> None:
+        if not training:
+            return self._orig["save"](path, training)
+        if self.rank != 0:
+            return None
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        tmp_prefix = tempfile.mkdtemp(prefix=".tmp-save-", dir=directory)
+        try:
+            tmp = os.path.join(tmp_prefix, "ckpt")
+            self._orig["save"](tmp, True)
+            paddle.save(self.state_dict(), tmp + SLIM_SUFFIX)
+            # the .slim file goes in last, so a present .slim means the whole set was written
+            names = sorted(os.listdir(tmp_prefix), key=lambda n: n.endswith(SLIM_SUFFIX))
+            for name in names:
+                os.replace(os.path.join(tmp_prefix, name), path + name[len("ckpt"):])
+        finally:
+            for name in os.listdir(tmp_prefix):
+                os.remove(os.path.join(tmp_prefix, name))
+            os.rmdir(tmp_prefix)
+        return None
+
+    def _load(self, path: str, skip_mismatch: bool = False, reset_optimizer: bool = False) -> None:
+        prefix = os.path.splitext(path)[0] if path.endswith((".pdparams", ".pdopt")) else path
+        if not os.path.exists(prefix + ".pdparams"):
+            raise FileNotFoundError(f"no checkpoint at {prefix!r}: expected {prefix + '.pdparams'}")
+        self._orig["load"](prefix, skip_mismatch, reset_optimizer)
+        slim_file = prefix + SLIM_SUFFIX
+        if os.path.exists(slim_file):
+            self.set_state_dict(paddle.load(slim_file))
+

@@ -133,12 +133,8 @@ class ConstantSchedule(Schedule):
     kind: ClassVar[str] = "constant"
 
     def __post_init__(self) -> None:
+        self.end = max(self.end, self.start)  # a step, not a ramp
         super().__post_init__()
-
-    def value_at(self, step: int, steps_per_epoch: int | None = None) -> float:
-        if self.start > 0 and step < self._to_steps(self.start, steps_per_epoch):
-            return float(self.initial)
-        return float(self.final)
 
     def _shape(self, t: float) -> float:
         return self.final

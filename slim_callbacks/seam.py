@@ -41,6 +41,7 @@ __all__ = ["Seam", "StepContext", "atomic_save"]
 _ATTR = "_slim_seam"
 _HOOKED = ("train_batch", "eval_batch", "save", "load")
 SLIM_SUFFIX = ".slim"
+_STRUCTURED = "__slim_structured_names__"
 
 
 def _as_list(x: Any) -> list:
@@ -122,6 +123,7 @@ class Seam:
         self._providers: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {}
         self._pending: dict[str, Any] = {}
         self._pending_extras: dict[str, dict] = {}
+        self._pending_opt: dict[str, Any] | None = None
         self._ctx: StepContext | None = None
         model._loss = self._loss
         model.train_batch = self._train_batch
@@ -254,6 +256,7 @@ class Seam:
         self._extras[name] = layer
         if name in self._pending_extras:
             layer.set_state_dict(self._pending_extras.pop(name))
+            self._apply_optimizer_state()
 
     def unregister_layer(self, name: str) -> None:
         layer = self._extras.pop(name, None)
@@ -299,6 +302,8 @@ class Seam:
             self._ctx = None
         if update:
             self.global_step += 1
+            for layer in self._extras.values():  # hapi clears only the network's gradients
+                layer.clear_gradients()
             for hook in self._step_hooks:
                 hook.fn(ctx)
         return result
@@ -357,6 +362,26 @@ class Seam:
             else:
                 self._pending[name] = value
 
+    def _structured_names(self) -> dict[str, str]:
+        """Runtime parameter name (``conv2d_42.w_0``, process-dependent) -> structured name."""
+        names = {p.name: n for n, p in self.network.named_parameters()}
+        for extra, layer in self._extras.items():
+            names.update({p.name: f"extra:{extra}.{n}" for n, p in layer.named_parameters()})
+        return names
+
+    @staticmethod
+    def _rename_prefixes(state: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+        """Rename optimizer-state keys ``<param>_<accumulator>`` by the longest matching param prefix."""
+        ordered = sorted(mapping, key=len, reverse=True)
+        out: dict[str, Any] = {}
+        for key, value in state.items():
+            for old in ordered:
+                if key.startswith(old + "_"):
+                    key = mapping[old] + key[len(old):]
+                    break
+            out[key] = value
+        return out
+
     def _save(self, path: str, training: bool = True) -> None:
         if not training:
             return self._orig["save"](path, training)
@@ -368,6 +393,11 @@ class Seam:
         try:
             tmp = os.path.join(tmp_prefix, "ckpt")
             self._orig["save"](tmp, True)
+            if os.path.exists(tmp + ".pdopt"):
+                # key optimizer state by structured names, so it loads into a network built anew
+                # (runtime names like conv2d_42.w_0 depend on how many layers the process built before)
+                opt = self._rename_prefixes(paddle.load(tmp + ".pdopt"), self._structured_names())
+                paddle.save({**opt, _STRUCTURED: True}, tmp + ".pdopt")
             paddle.save(self.state_dict(), tmp + SLIM_SUFFIX)
             # the .slim file goes in last, so a present .slim means the whole set was written
             names = sorted(os.listdir(tmp_prefix), key=lambda n: n.endswith(SLIM_SUFFIX))
@@ -383,8 +413,21 @@ class Seam:
         prefix = os.path.splitext(path)[0] if path.endswith((".pdparams", ".pdopt")) else path
         if not os.path.exists(prefix + ".pdparams"):
             raise FileNotFoundError(f"no checkpoint at {prefix!r}: expected {prefix + '.pdparams'}")
-        self._orig["load"](prefix, skip_mismatch, reset_optimizer)
+        opt_file = prefix + ".pdopt"
+        opt = paddle.load(opt_file) if os.path.exists(opt_file) and not reset_optimizer else None
+        structured = bool(opt) and bool(opt.pop(_STRUCTURED, False))
+        self._orig["load"](prefix, skip_mismatch, reset_optimizer or structured)
         slim_file = prefix + SLIM_SUFFIX
         if os.path.exists(slim_file):
-            self.set_state_dict(paddle.load(slim_file))
+            self.set_state_dict(paddle.load(slim_file))  # registers nothing new, so names stay valid
+        if structured:
+            self._pending_opt = opt
+            self._apply_optimizer_state()
+
+    def _apply_optimizer_state(self) -> None:
+        """Load the structured optimizer state under the current runtime names. Called again when an
+        extra layer registers after the load, so its accumulators (Adam moments ...) are restored too."""
+        if self._pending_opt is not None:
+            current = {v: k for k, v in self._structured_names().items()}
+            self.optimizer.set_state_dict(self._rename_prefixes(self._pending_opt, current))
 

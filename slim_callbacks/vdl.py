@@ -125,10 +125,16 @@ class SlimVisualDL(SlimCallback):
                 writer.add_scalar(f"{prefix}/{name}", _floats(logs[name])[0], step)
 
     def on_train_batch_end(self, step: int, logs: dict | None = None) -> None:
-        if self.seam is None or not logs:
-            return
+        if self.seam is not None and logs and self.seam.global_step % self.log_freq == 0:
+            self._log_train(logs)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.seam is not None and logs:
+            self._log_train(logs)  # the epoch's last values, even when it is shorter than log_freq
+
+    def _log_train(self, logs: dict) -> None:
         gstep = self.seam.global_step
-        if gstep == self._last_logged or gstep % self.log_freq:
+        if gstep == self._last_logged:
             return
         self._last_logged = gstep
         self._write_logs("train", logs, gstep)

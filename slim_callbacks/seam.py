@@ -409,8 +409,18 @@ class Seam:
             os.rmdir(tmp_prefix)
         return None
 
+    @staticmethod
+    def _prefix(path: str) -> str:
+        return os.path.splitext(path)[0] if path.endswith((".pdparams", ".pdopt", SLIM_SUFFIX)) else path
+
+    @staticmethod
+    def read_checkpoint_state(path: str) -> dict[str, Any]:
+        """The compression state saved beside checkpoint ``path`` (``{}`` when it has none), unapplied."""
+        slim_file = Seam._prefix(path) + SLIM_SUFFIX
+        return paddle.load(slim_file) if os.path.exists(slim_file) else {}
+
     def _load(self, path: str, skip_mismatch: bool = False, reset_optimizer: bool = False) -> None:
-        prefix = os.path.splitext(path)[0] if path.endswith((".pdparams", ".pdopt")) else path
+        prefix = self._prefix(path)
         if not os.path.exists(prefix + ".pdparams"):
             raise FileNotFoundError(f"no checkpoint at {prefix!r}: expected {prefix + '.pdparams'}")
         opt_file = prefix + ".pdopt"

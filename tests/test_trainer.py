@@ -88,16 +88,22 @@ def test_visualdl_server_serves_trainer_scalars(trained_run):
         proc.wait(timeout=20)
 
 
-def test_resume_continues_epoch_count_and_step(tmp_path):
+def test_cli_resume_checks_the_recipe(tmp_path, capsys):
     log_dir = tmp_path / "r"
     args = ["--train-subset", "192", "--batch-size", "64", "--threads", "1", "--quiet", "--log-dir", str(log_dir)]
     run(args + ["--epochs", "1"])
     first = paddle.load(str(log_dir / "checkpoints" / "latest.slim"))
     assert first["global_step"] == 3 and first["state"]["trainer"]["epochs_done"] == 1
-    run(args + ["--epochs", "2", "--resume", str(log_dir / "checkpoints" / "latest")])
-    second = paddle.load(str(log_dir / "checkpoints" / "latest.slim"))
-    assert second["global_step"] == 6 and second["state"]["trainer"]["epochs_done"] == 2
-    assert (log_dir / "checkpoints" / "epoch_2.pdparams").exists()
+    latest = str(log_dir / "checkpoints" / "latest")
+    # a different recipe is refused, naming what differs
+    assert main(args + ["--epochs", "1", "--lr", "0.05", "--resume", latest]) == 2
+    assert "lr: checkpoint 0.1, now 0.05" in capsys.readouterr().err
+    assert main(args + ["--epochs", "1", "--model", "resnet32", "--resume", latest]) == 2
+    err = capsys.readouterr().err
+    assert "model: checkpoint 'resnet20', now 'resnet32'" in err and "network parameters differ" in err
+    # the same recipe with nothing left to train just evaluates
+    card = run(args + ["--epochs", "1", "--resume", latest])
+    assert card["extra"]["final_eval"]["acc"] >= 0
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
@@ -180,3 +186,37 @@ def test_example_recipes_parse():
     assert "baseline.yaml" in names
     for name in names:
         load_recipe(os.path.join(root, name))
+
+
+def _tiny_trainer(log_dir, epochs, callbacks=()):
+    from trainers.data import build_datasets
+    from trainers.models import build_model
+    from trainers.trainer import SlimTrainer, TrainConfig
+
+    train, _, n = build_datasets("sample", train_subset=192)
+    paddle.seed(123)
+    return SlimTrainer(
+        build_model("resnet20", n, width=0.25),
+        train,
+        None,
+        callbacks=list(callbacks),
+        config=TrainConfig(epochs=epochs, batch_size=64, threads=1, verbose=0, seed=3),
+        log_dir=str(log_dir),
+    )
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    straight = _tiny_trainer(tmp_path / "a", epochs=2)
+    straight.fit()
+
+    class KilledAfterOneEpoch(paddle.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    _tiny_trainer(tmp_path / "b", epochs=2, callbacks=[KilledAfterOneEpoch()]).fit()
+    resumed = _tiny_trainer(tmp_path / "b", epochs=2)
+    resumed.fit(resume=str(tmp_path / "b" / "checkpoints" / "latest"))
+    a, b = straight.network.state_dict(), resumed.network.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-6, err_msg=key)

@@ -18,8 +18,8 @@ import os
 import sys
 from typing import Any, Sequence
 
-from .recipe import RecipeError, build_callbacks, load_recipe, parse_recipe
-from .trainer import TrainConfig
+from trainers.recipe import RecipeError, build_callbacks, load_recipe, parse_recipe
+from trainers.trainer import TrainConfig
 
 DEFAULTS: dict[str, Any] = {"model": "resnet20", "dataset": "sample", "width": 1.0}
 
@@ -65,7 +65,7 @@ def _teacher(spec: Any, num_classes: int):
     """``ARCH:WEIGHTS`` or {model, weights, width} -> a loaded, eval-mode teacher network."""
     import paddle
 
-    from .models import build_model
+    from trainers.models import build_model
 
     if isinstance(spec, str):
         arch, _, weights = spec.partition(":")
@@ -87,9 +87,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     cfg = _merge(args)
 
-    from .data import build_datasets
-    from .models import build_model
-    from .trainer import SlimTrainer
+    from trainers.data import build_datasets
+    from trainers.models import build_model
+    from trainers.trainer import SlimTrainer
 
     train, test, num_classes = build_datasets(
         cfg["dataset"], data_file=cfg.get("data_file"), data_dir=cfg.get("data_dir"), train_subset=cfg.get("train_subset")

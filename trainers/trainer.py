@@ -88,6 +88,48 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
 
 
+# settings that may change between a run and its resume without changing the result
+_RESUME_FREE = {"threads", "verbose", "log_freq", "save_freq", "num_workers"}
+
+
+def run_fingerprint(
+    config: "TrainConfig", callbacks: Sequence[paddle.callbacks.Callback], network: paddle.nn.Layer, name: str
+) -> dict[str, Any]:
+    """What must match for a resume to continue the same run: training settings, the compression
+    callbacks (class and, where one offers ``get_config()``, its settings) and the network's parameter
+    shapes. Plain hapi callbacks (loggers, early stopping) may change freely."""
+    settings = {k: v for k, v in asdict(config).items() if k not in _RESUME_FREE}
+    cbs = []
+    for cb in callbacks:
+        if not isinstance(cb, SlimCallback):
+            continue
+        get_config = getattr(cb, "get_config", None)
+        cbs.append({"type": type(cb).__name__, **(get_config() if callable(get_config) else {})})
+    shapes = {name: list(p.shape) for name, p in network.named_parameters()}
+    return {"config": {"model": name, **settings}, "callbacks": cbs, "network": shapes}
+
+
+def check_same_run(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Raise a ValueError listing every difference between a checkpoint's run and this one."""
+    if not saved or not current:
+        return
+    problems = []
+    for key, value in saved.get("config", {}).items():
+        now = current["config"].get(key)
+        if now != value:
+            problems.append(f"{key}: checkpoint {value!r}, now {now!r}")
+    if saved.get("callbacks") != current.get("callbacks"):
+        problems.append(f"callbacks: checkpoint {saved.get('callbacks')}, now {current.get('callbacks')}")
+    old_net, new_net = saved.get("network", {}), current.get("network", {})
+    if old_net != new_net:
+        diff = sorted(k for k in set(old_net) | set(new_net) if old_net.get(k) != new_net.get(k))
+        problems.append(f"network parameters differ: {diff[:5]}{' ...' if len(diff) > 5 else ''}")
+    if problems:
+        raise ValueError(
+            "cannot resume: the checkpoint was written by a different recipe; differences: " + "; ".join(problems)
+        )
+
+
 class CheckpointCallback(SlimCallback):
     """Save ``epoch_<n>`` and ``latest`` every ``save_freq`` epochs through the seam (atomic, with
     compression state); stop with a clear error on a non-finite loss.
@@ -95,14 +137,35 @@ class CheckpointCallback(SlimCallback):
     ``n`` counts epochs completed including those before a resume, so names never collide.
     """
 
-    def __init__(self, save_dir: str, save_freq: int = 1, epochs_done: int = 0) -> None:
+    def __init__(
+        self,
+        save_dir: str,
+        save_freq: int = 1,
+        epochs_done: int = 0,
+        seed: int | None = None,
+        sampler: paddle.io.DistributedBatchSampler | None = None,
+        fingerprint: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.save_dir = check_writable_dir(save_dir, "checkpoint dir")
         self.save_freq = save_freq
         self.epochs_done = epochs_done
+        self.seed = seed
+        self.sampler = sampler
+        self.fingerprint = fingerprint or {}
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        # Every epoch's randomness (shuffle order, augmentation, dropout) is a function of the seed and
+        # the absolute epoch index only, so a resumed run replays exactly what an uninterrupted one does.
+        if self.seed is not None:
+            seed_everything(self.seed + 1009 * self.epochs_done)
+        if self.sampler is not None:
+            self.sampler.set_epoch((self.seed or 0) + self.epochs_done)
 
     def setup(self, seam: Seam) -> None:
-        seam.register_state("trainer", lambda: {"epochs_done": self.epochs_done}, self._restore)
+        seam.register_state(
+            "trainer", lambda: {"epochs_done": self.epochs_done, "fingerprint": self.fingerprint}, self._restore
+        )
 
     def _restore(self, state: dict) -> None:
         self.epochs_done = int(state.get("epochs_done", 0))
@@ -173,17 +236,16 @@ class SlimTrainer:
         self.history: list[dict[str, Any]] = []
 
     # --------------------------------------------------------------------------------- building
-    def _steps_per_epoch(self) -> int:
-        batches = math.ceil(len(self.train_data) / self.config.batch_size)
-        return max(1, math.ceil(batches / self.config.accumulate))
+    def _batches_per_epoch(self) -> int:
+        nranks = paddle.distributed.ParallelEnv().nranks
+        return max(1, math.ceil(len(self.train_data) / (self.config.batch_size * nranks)))
 
     def _optimizer(self) -> paddle.optimizer.Optimizer:
         c = self.config
         lr: Any = c.lr
         if c.lr_schedule == "cosine":
             # hapi's LRScheduler callback steps it once per batch
-            batches = math.ceil(len(self.train_data) / c.batch_size)
-            lr = paddle.optimizer.lr.CosineAnnealingDecay(learning_rate=c.lr, T_max=max(1, c.epochs * batches))
+            lr = paddle.optimizer.lr.CosineAnnealingDecay(learning_rate=c.lr, T_max=c.epochs * self._batches_per_epoch())
         params = self.network.parameters()
         decay = paddle.regularizer.L2Decay(c.weight_decay) if c.weight_decay else None
         if c.optimizer == "momentum":
@@ -202,32 +264,46 @@ class SlimTrainer:
         seam = Seam.attach(self.model)  # held for the whole run so resume state can wait for its owners
         try:
             epochs_done = 0
+            fingerprint = run_fingerprint(self.config, self.callbacks, self.network, self.name)
             if resume:
+                saved = Seam.read_checkpoint_state(resume).get("state", {}).get("trainer", {})
+                check_same_run(saved.get("fingerprint", {}), fingerprint)  # before any weight is loaded
                 self.model.load(resume)
-                epochs_done = int((seam.pending_state("trainer") or {}).get("epochs_done", 0))
-                # reseed so that a resumed run's data order depends on where it resumes
-                seed_everything(self.config.seed + epochs_done)
+                epochs_done = int(saved.get("epochs_done", 0))
             remaining = self.config.epochs - epochs_done
             if remaining <= 0:
                 print(f"checkpoint {resume!r} already holds {epochs_done} epochs; nothing to train")
                 return self.evaluate()
-            checkpoint = CheckpointCallback(self.save_dir, self.config.save_freq, epochs_done)
-            self.vdl.log_dir = self.log_dir
+            loader = self._loader(self.train_data, shuffle=True)
+            checkpoint = CheckpointCallback(
+                self.save_dir,
+                self.config.save_freq,
+                epochs_done,
+                self.config.seed,
+                loader.batch_sampler,
+                fingerprint=fingerprint,
+            )
             self.model.fit(
-                self.train_data,
-                self.eval_data,
-                batch_size=self.config.batch_size,
+                loader,
+                self._loader(self.eval_data, shuffle=False),
                 epochs=remaining,
                 log_freq=self.config.log_freq,
                 verbose=self.config.verbose,
                 num_workers=self.config.num_workers,
                 callbacks=[*self.callbacks, self.vdl, checkpoint],
                 accumulate_grad_batches=self.config.accumulate,
-                shuffle=True,
             )
         finally:
             seam.release()
         return self.evaluate()
+
+    def _loader(self, data: paddle.io.Dataset | None, shuffle: bool) -> paddle.io.DataLoader | None:
+        """Batches sharded across ranks (as hapi does); the train sampler's epoch is set by
+        :class:`CheckpointCallback` from the absolute epoch index."""
+        if data is None:
+            return None
+        sampler = paddle.io.DistributedBatchSampler(data, batch_size=self.config.batch_size, shuffle=shuffle)
+        return paddle.io.DataLoader(data, batch_sampler=sampler, num_workers=self.config.num_workers)
 
     def evaluate(self) -> dict[str, Any]:
         if self.eval_data is None:

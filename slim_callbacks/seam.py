@@ -253,10 +253,32 @@ class Seam:
         for p in layer.parameters():
             if not p.stop_gradient and id(p) not in known:
                 plist.append(p)  # in place: Optimizer._param_groups is the same list object
+                if self.nranks > 1:
+                    # DataParallel averages only the network's gradients; average these too
+                    p.register_hook(self._average_gradient)
         self._extras[name] = layer
         if name in self._pending_extras:
             layer.set_state_dict(self._pending_extras.pop(name))
             self._apply_optimizer_state()
+
+    def _average_gradient(self, grad: paddle.Tensor) -> paddle.Tensor:
+        grad = grad.clone()
+        paddle.distributed.all_reduce(grad)
+        return grad / self.nranks
+
+    def all_reduce_mean(self, tensor: paddle.Tensor) -> paddle.Tensor:
+        """Mean of ``tensor`` over data-parallel ranks (itself with one rank), in place; for statistics
+        that must agree on every rank (activation ranges, importance scores)."""
+        if self.nranks > 1:
+            paddle.distributed.all_reduce(tensor)
+            tensor.set_value(tensor / self.nranks)
+        return tensor
+
+    def broadcast(self, tensor: paddle.Tensor, src: int = 0) -> paddle.Tensor:
+        """Make ``tensor`` on every rank equal to rank ``src``'s (a decision taken once, e.g. masks)."""
+        if self.nranks > 1:
+            paddle.distributed.broadcast(tensor, src=src)
+        return tensor
 
     def unregister_layer(self, name: str) -> None:
         layer = self._extras.pop(name, None)

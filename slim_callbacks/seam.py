@@ -125,6 +125,8 @@ class Seam:
         self._pending_extras: dict[str, dict] = {}
         self._pending_opt: dict[str, Any] | None = None
         self._ctx: StepContext | None = None
+        #: the callbacks' event conductor (owned by slim_callbacks.callback; the seam only carries it)
+        self.conductor: Any = None
         model._loss = self._loss
         model.train_batch = self._train_batch
         model.eval_batch = self._eval_batch

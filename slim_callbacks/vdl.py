@@ -54,6 +54,8 @@ class SlimVisualDL(SlimCallback):
             card afterwards, then calls :meth:`close`.
     """
 
+    priority = 90  # after every compression callback (see slim_callbacks.callback)
+
     def __init__(self, log_dir: str, log_freq: int = 10, close_at_end: bool = True) -> None:
         super().__init__()
         if log_freq < 1:

@@ -282,3 +282,41 @@ def test_resume_in_a_fresh_network_restores_optimizer_state_of_network_and_extra
     pairs += list(zip(adapter.parameters(), adapter2.parameters()))
     for a, b in pairs:
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+
+
+def test_epoch_events_run_in_priority_order_whatever_the_list_order():
+    x, y = _batch(n=16)
+    ds = paddle.io.TensorDataset([paddle.to_tensor(x), paddle.to_tensor(y)])
+    events = []
+
+    def make(name, prio):
+        class Member(SlimCallback):
+            priority = prio
+
+            def setup(self, seam):
+                events.append(("setup", name))
+
+            def on_epoch_begin(self, epoch, logs=None):
+                events.append(("begin", name, epoch))
+
+            def on_epoch_end(self, epoch, logs=None):
+                events.append(("end", name, epoch))
+
+            def teardown(self, seam):
+                events.append(("teardown", name))
+
+        Member.__name__ = name
+        return Member()
+
+    runs = []
+    for order in (["late", "early"], ["early", "late"]):
+        events.clear()
+        members = {"early": make("early", 10), "late": make("late", 30)}
+        model = _model()
+        model.fit(ds, batch_size=8, epochs=2, verbose=0, callbacks=[members[n] for n in order])
+        runs.append(list(events))
+        assert Seam.get(model) is None
+    assert runs[0] == runs[1]
+    assert runs[0][:4] == [("setup", "early"), ("setup", "late"), ("begin", "early", 0), ("begin", "late", 0)]
+    assert runs[0][-2:] == [("teardown", "late"), ("teardown", "early")]
+    assert runs[0].count(("end", "early", 1)) == 1

@@ -137,6 +137,8 @@ class CheckpointCallback(SlimCallback):
     ``n`` counts epochs completed including those before a resume, so names never collide.
     """
 
+    priority = 100  # last: saves the state every other callback has just updated
+
     def __init__(
         self,
         save_dir: str,

@@ -394,16 +394,22 @@ class Seam:
         return names
 
     @staticmethod
-    def _rename_prefixes(state: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
-        """Rename optimizer-state keys ``<param>_<accumulator>`` by the longest matching param prefix."""
+    def _rename_prefixes(state: dict[str, Any], mapping: dict[str, str], keep_unmatched: bool = True) -> dict[str, Any]:
+        """Rename optimizer-state keys ``<param>_<accumulator>`` by the longest matching param prefix.
+
+        With ``keep_unmatched=False`` accumulators of parameters that do not exist (yet) are dropped:
+        Paddle refuses to create any new accumulator while unclaimed ones wait in its holder.
+        """
         ordered = sorted(mapping, key=len, reverse=True)
         out: dict[str, Any] = {}
         for key, value in state.items():
             for old in ordered:
                 if key.startswith(old + "_"):
-                    key = mapping[old] + key[len(old):]
+                    out[mapping[old] + key[len(old):]] = value
                     break
-            out[key] = value
+            else:
+                if keep_unmatched or not isinstance(value, paddle.Tensor):
+                    out[key] = value  # LR_Scheduler state, master_weights ...
         return out
 
     def _save(self, path: str, training: bool = True) -> None:
@@ -463,5 +469,5 @@ class Seam:
         extra layer registers after the load, so its accumulators (Adam moments ...) are restored too."""
         if self._pending_opt is not None:
             current = {v: k for k, v in self._structured_names().items()}
-            self.optimizer.set_state_dict(self._rename_prefixes(self._pending_opt, current))
+            self.optimizer.set_state_dict(self._rename_prefixes(self._pending_opt, current, keep_unmatched=False))
 

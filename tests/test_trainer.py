@@ -180,12 +180,29 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "nope.tar.gz" in capsys.readouterr().err
 
 
-def test_example_recipes_parse():
+def test_example_recipes_build():
+    from trainers.models import build_model
+
     root = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples", "recipes")
     names = sorted(os.listdir(root))
-    assert "baseline.yaml" in names
+    assert {"baseline.yaml", "prune_qat.yaml", "full_stack.yaml", "channel_prune.yaml"} <= set(names)
     for name in names:
-        load_recipe(os.path.join(root, name))
+        recipe = load_recipe(os.path.join(root, name))
+        callbacks = build_callbacks(recipe, {"teacher": build_model("resnet20", 10, width=0.25)})
+        assert len(callbacks) == len(recipe.get("callbacks") or [])
+
+
+@pytest.mark.slow
+def test_fit_with_callbacks_example_runs(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(root, "examples", "fit_with_callbacks.py"), "--subset", "384",
+         "--epochs", "2", "--teacher-epochs", "1", "--log-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 0.45 <= summary["sparsity"] <= 0.55  # 50% of the prunable weights, biases and BN dense
 
 
 def _tiny_trainer(log_dir, epochs, callbacks=()):

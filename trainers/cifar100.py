@@ -98,7 +98,13 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if "verbose" not in cfg:
         train_cfg.verbose = 2 if args.quiet else 1
     network = build_model(cfg["model"], num_classes=num_classes, width=float(cfg.get("width", 1.0)))
-    context = {}
+    context: dict[str, Any] = {}
+    if any(cb.get("type") == "PTQCallback" for cb in cfg.get("callbacks") or []):
+        import paddle
+
+        calib, _, _ = build_datasets(cfg["dataset"], data_file=cfg.get("data_file"), data_dir=cfg.get("data_dir"),
+                                     train_subset=cfg.get("train_subset"), augment=False)
+        context["data"] = paddle.io.DataLoader(calib, batch_size=train_cfg.batch_size, shuffle=True)
     if cfg.get("teacher"):
         context["teacher"] = _teacher(cfg["teacher"], num_classes)
     callbacks = build_callbacks(cfg, context)

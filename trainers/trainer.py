@@ -196,6 +196,13 @@ class CheckpointCallback(SlimCallback):
             self.model.save(os.path.join(self.save_dir, "latest"))
 
 
+def dataset_arrays(data: paddle.io.Dataset, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``limit`` (image, label) items of ``data`` stacked into two arrays."""
+    n = len(data) if limit is None else min(limit, len(data))
+    items = [data[i] for i in range(n)]
+    return np.stack([np.asarray(i[0]) for i in items]), np.stack([np.asarray(i[1]) for i in items]).reshape(n, -1)
+
+
 class SlimTrainer:
     """Compose a network, data and compression callbacks into one logged, checkpointed ``fit``.
 
@@ -328,18 +335,25 @@ class SlimTrainer:
             self.network.train(was_training)
         return path
 
-    def export(self, directory: str) -> dict[str, Any]:
-        """Export the FP32 inference model, then let each callback that knows how add its own artifact.
+    def export(self, directory: str, check_images: int = 1000) -> dict[str, Any]:
+        """Write the inference model(s) to ``directory`` and check them; the result goes in the card.
 
-        A callback takes part by defining ``export_artifacts(network, directory, input_shape, eval_data)
-        -> dict`` (QATCallback writes and checks the INT8 model this way). The merged results go into
-        the compression card.
+        A float network is saved with ``paddle.jit.save``. A network quantized by QATCallback or
+        PTQCallback is exported as a Paddle Inference INT8 model (legacy format, int8 weights) and
+        checked by :func:`slim_callbacks.quant.verify_deployment` on up to ``check_images`` evaluation
+        images: top-1 of INT8 vs the QAT simulation vs float, argmax agreement, and FP32 vs INT8
+        latency at batch 1 and 32.
         """
-        result: dict[str, Any] = {"fp32_model": self.export_fp32(directory)}
-        for callback in self.callbacks:
-            hook = getattr(callback, "export_artifacts", None)
-            if callable(hook):
-                result.update(hook(self.network, directory, self.input_shape, self.eval_data))
+        from slim_callbacks.quant import export_int8, is_quantized, verify_deployment
+
+        if not is_quantized(self.network):
+            return {"fp32_model": self.export_fp32(directory)}
+        check_writable_dir(directory, "export dir")
+        path = os.path.join(directory, "model_int8")
+        result: dict[str, Any] = {"int8_model": path, **export_int8(self.network, path, [None, *self.input_shape[1:]])}
+        if self.eval_data is not None:
+            x, y = dataset_arrays(self.eval_data, check_images)
+            result["int8_check"] = verify_deployment(self.network, path, x, y, threads=self.threads)
         return result
 
     def write_card(self, extra: dict[str, Any] | None = None):

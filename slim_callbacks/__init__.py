@@ -1,6 +1,9 @@
 """slim-callbacks: model compression for PaddlePaddle as paddle.Model callbacks."""
 
 from .callback import SlimCallback
+from .distill import DistillCallback, MixingCallback
+from .prune import GradualPruneCallback
+from .quant import PTQCallback, QATCallback
 from .reporting import Record, Reporter
 from .schedule import (
     CallableSchedule,
@@ -18,6 +21,11 @@ from .vdl import SlimVisualDL
 __version__ = "0.1.0"
 
 __all__ = [
+    "QATCallback",
+    "PTQCallback",
+    "GradualPruneCallback",
+    "DistillCallback",
+    "MixingCallback",
     "SlimCallback",
     "Seam",
     "StepContext",

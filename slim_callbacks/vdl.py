@@ -14,6 +14,7 @@ resumed run continues its curves instead of restarting them.
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -29,9 +30,8 @@ def check_writable_dir(path: str, what: str = "log dir") -> str:
     """Create ``path`` if needed and prove it is writable; raise a clear error naming it otherwise."""
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write-test")
-        with open(probe, "w") as f:
-            f.write("ok")
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)  # unique: ranks probe at once
+        os.close(fd)
         os.remove(probe)
     except OSError as err:
         raise PermissionError(f"the {what} {path!r} is not writable: {err.strerror or err}") from err

@@ -1,0 +1,129 @@
+"""Filter pruning by physical shrink on CIFAR ResNet-20 / Fashion-MNIST, with the bar's recipe.
+
+Recipe (../shared/BAR-RECIPE.md): 10,000-image training subset (seed-0 permutation), all 10,000 test
+images, crop + flip; Momentum 0.9, L2 5e-4, batch 128. FP32 baseline: lr 0.1 cosine per iteration,
+8 epochs (or loaded from --baseline, e.g. the quantization benchmark's cached one). From it:
+
+* ``control``: FP32 fine-tune, cosine from 0.01, --tune-epochs epochs;
+* ``shrink-<criterion>``: ``shrink_network(target_mac_reduction=--target)`` then the same fine-tune.
+
+Prints top-1 before/after fine-tuning, MACs and parameters (hook-counted; asserted equal to the prediction).
+
+    OMP_NUM_THREADS=2 python benchmarks/shrink_accuracy.py --baseline benchmarks/work/quant_resnet20/baseline.pdparams
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import paddle  # noqa: E402
+
+from slim_callbacks.prune.shrink import shrink_network  # noqa: E402
+from trainers.data import build_datasets  # noqa: E402
+from trainers.models import build_model  # noqa: E402
+
+
+def fit(net: paddle.nn.Layer, train, epochs: int, lr: float, batch: int = 128) -> float:
+    """Bar recipe fine-tune; returns seconds per epoch."""
+    steps = epochs * int(np.ceil(len(train) / batch))
+    sched = paddle.optimizer.lr.CosineAnnealingDecay(lr, T_max=steps)
+    opt = paddle.optimizer.Momentum(sched, momentum=0.9, parameters=net.parameters(),
+                                    weight_decay=paddle.regularizer.L2Decay(5e-4))
+    model = paddle.Model(net)
+    model.prepare(opt, paddle.nn.CrossEntropyLoss())
+    t0 = time.perf_counter()
+    model.fit(train, epochs=epochs, batch_size=batch, shuffle=True, verbose=0, num_workers=0,
+              callbacks=[paddle.callbacks.LRScheduler(by_step=True, by_epoch=False)])
+    return (time.perf_counter() - t0) / epochs
+
+
+def arrays(ds) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    return np.stack(xs).astype("float32"), np.concatenate(ys).astype("int64")
+
+
+def top1(net: paddle.nn.Layer, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
+    net.eval()
+    correct = 0
+    with paddle.no_grad():
+        for i in range(0, len(x), batch):
+            correct += int((net(paddle.to_tensor(x[i:i + batch])).numpy().argmax(1) == y[i:i + batch]).sum())
+    return correct / len(x)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--baseline", default="", help="FP32 baseline .pdparams to start from (else trained)")
+    ap.add_argument("--work", default="benchmarks/work/shrink_resnet20")
+    ap.add_argument("--out", default="benchmarks/results/shrink_accuracy.json")
+    ap.add_argument("--base-epochs", type=int, default=8)
+    ap.add_argument("--tune-epochs", type=int, default=3)
+    ap.add_argument("--target", type=float, default=0.5, help="fraction of MACs removed, in [0, 1)")
+    ap.add_argument("--criteria", default="l1", help="comma list of l1,l2,fpgm,bn_scale")
+    ap.add_argument("--round-to", type=int, default=1)
+    ap.add_argument("--runs", default="control,shrink")
+    args = ap.parse_args()
+    os.makedirs(args.work, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    paddle.seed(0)
+    np.random.seed(0)
+    train, test, classes = build_datasets("fashion_mnist", train_subset=10000, subset_seed=0)
+    x_test, y_test = arrays(test)
+    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": "python " + " ".join(sys.argv),
+                 "threads": os.environ["OMP_NUM_THREADS"], "machine": platform.processor() or platform.machine(),
+                 "cpus": os.cpu_count(), "paddle": paddle.__version__, "load_avg_start": os.getloadavg()}
+
+    def save() -> None:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+
+    base_file = args.baseline or os.path.join(args.work, "baseline.pdparams")
+    net = build_model("resnet20", num_classes=classes)
+    if os.path.exists(base_file):
+        net.set_state_dict(paddle.load(base_file))
+        res["baseline_file"] = base_file
+    else:
+        res["baseline_epoch_seconds"] = fit(net, train, args.base_epochs, 0.1)
+        paddle.save(net.state_dict(), base_file)
+    base_state = copy.deepcopy(net.state_dict())
+    res["baseline_top1"] = top1(net, x_test, y_test)
+    print("baseline", res["baseline_top1"], flush=True)
+    save()
+    runs = set(args.runs.split(","))
+    if "control" in runs:
+        net = build_model("resnet20", num_classes=classes)
+        net.set_state_dict(base_state)
+        res["control_epoch_seconds"] = fit(net, train, args.tune_epochs, 0.01)
+        res["control_top1"] = top1(net, x_test, y_test)
+        print("control", res["control_top1"], flush=True)
+        save()
+    if "shrink" in runs:
+        for criterion in args.criteria.split(","):
+            net = build_model("resnet20", num_classes=classes)
+            net.set_state_dict(base_state)
+            r = shrink_network(net, target_mac_reduction=args.target, criterion=criterion, round_to=args.round_to)
+            assert r.macs_after == r.plan.predicted_macs
+            entry = {"macs": [r.macs_before, r.macs_after], "params": [r.params_before, r.params_after],
+                     "mac_reduction": 1 - r.macs_after / r.macs_before,
+                     "uniform_ratio": max(r.plan.ratios.values()), "top1_before_tune": top1(net, x_test, y_test)}
+            entry["epoch_seconds"] = fit(net, train, args.tune_epochs, 0.01)
+            entry["top1"] = top1(net, x_test, y_test)
+            res[f"shrink_{criterion}"] = entry
+            print(criterion, json.dumps(entry), flush=True)
+            save()
+    res["load_avg_end"] = os.getloadavg()
+    save()
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,9 @@ model's *conductor* at train begin, and each epoch-level event runs once for all
 
 Events: ``setup(seam)`` (all members, before the first epoch), ``on_epoch_begin``, ``on_epoch_end``,
 and ``teardown(seam)`` (reverse order, at train end). Subclasses write ``on_epoch_begin`` /
-``on_epoch_end`` as in any hapi callback; the base class reroutes them through the conductor. Per-batch
+``on_epoch_end`` as in any hapi callback; the base class reroutes them through the conductor, which
+passes the *absolute* epoch: a run resumed after 3 epochs starts at epoch 3, not 0 (see
+:attr:`SlimCallback.total_epochs` for the run's length). Per-batch
 work goes through the seam (batch transforms, loss terms, step hooks), whose priorities order it the
 same way. Progress is read from the seam (optimizer updates), so gradient accumulation and resume keep
 schedules right.
@@ -44,6 +46,7 @@ class _Conductor:
         self.members: list[SlimCallback] = []
         self.set_up = False
         self.done: set[tuple[str, int]] = set()
+        self.epoch_offset = 0  #: epochs completed before this fit (a resumed run), from the update count
 
     def ordered(self) -> list["SlimCallback"]:
         return sorted(self.members, key=lambda m: (m.priority, type(m).__name__))  # stable: list order last
@@ -51,11 +54,15 @@ class _Conductor:
     def ensure_setup(self, seam: Seam) -> None:
         if not self.set_up:
             self.set_up = True
+            # checkpoints are written at epoch ends, so a resumed count is a whole number of epochs
+            spe = self.members[0].steps_per_epoch if self.members else None
+            self.epoch_offset = seam.global_step // spe if spe else 0
             for member in self.ordered():
                 member.setup(seam)
 
     def dispatch(self, seam: Seam, event: str, epoch: int, logs: dict | None) -> None:
         self.ensure_setup(seam)
+        epoch += self.epoch_offset
         if (event, epoch) in self.done:
             return
         self.done.add((event, epoch))
@@ -127,6 +134,15 @@ class SlimCallback(paddle.callbacks.Callback):
         """Optimizer updates per epoch in the running fit (None when the loader has no length)."""
         assert self.seam is not None, "steps_per_epoch is known only during fit"
         return self.seam.steps_per_epoch((self.params or {}).get("steps"))
+
+    @property
+    def total_epochs(self) -> int | None:
+        """Epochs of the whole run: those done before a resume plus this fit's (None if unknown)."""
+        epochs = (self.params or {}).get("epochs")
+        if epochs is None:
+            return None
+        offset = self.seam.conductor.epoch_offset if self.seam is not None and self.seam.conductor else 0
+        return offset + int(epochs)
 
     @property
     def global_step(self) -> int:

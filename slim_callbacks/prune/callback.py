@@ -175,7 +175,7 @@ class GradualPruneCallback(SlimCallback):
         if self.shrink:
             self._prune_channels_fn()  # fail now, not after training
         if self.end_epoch is None and (self.schedule is None or not isinstance(self.schedule_spec, Schedule)):
-            epochs = (self.params or {}).get("epochs") or 1
+            epochs = self.total_epochs or 1
             self.schedule = self._build_schedule(max(self.start_epoch, epochs - 1))
         network = seam.network
         if self.masker is None or self.masker.net is not network:
@@ -254,7 +254,7 @@ class GradualPruneCallback(SlimCallback):
             for t in self.masker.targets:
                 values = t.param.numpy().ravel()
                 self.report_histogram(f"prune/weights/{t.name}", values[values != 0])
-        if epoch + 1 == (self.params or {}).get("epochs"):
+        if epoch + 1 == self.total_epochs:
             # the final figures go out here, while every sink (SlimVisualDL) still listens
             self._final_figures(self.seam.network, self.seam.reporter)
 

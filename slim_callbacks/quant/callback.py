@@ -99,7 +99,7 @@ class QATCallback(SlimCallback):
 
     # ------------------------------------------------------------------------------------ life cycle
     def setup(self, seam: Seam) -> None:
-        epochs = (self.params or {}).get("epochs")
+        epochs = self.total_epochs
         if epochs is not None and self.start_epoch >= int(epochs):
             raise ValueError(
                 f"QATCallback(start_epoch={self.start_epoch}) would never run: fit has {epochs} epochs "

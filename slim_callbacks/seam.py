@@ -276,6 +276,17 @@ class Seam:
             tensor.set_value(tensor / self.nranks)
         return tensor
 
+    def sync_buffers(self) -> None:
+        """Average every floating-point buffer and non-trainable parameter of the network and the extra layers over ranks (BN running statistics,
+        quantizer ranges), so statistics gathered from each rank's own batches agree everywhere."""
+        if self.nranks > 1:
+            # Paddle keeps BN running statistics as non-trainable Parameters, quantizer ranges as buffers
+            layers = [self.network, *self._extras.values()]
+            for tensor in (t for layer in layers for t in layer.state_dict().values()):
+                trainable = isinstance(tensor, paddle.base.framework.EagerParamBase) and not tensor.stop_gradient
+                if not trainable and tensor.dtype in (paddle.float32, paddle.float64, paddle.float16, paddle.bfloat16):
+                    self.all_reduce_mean(tensor)
+
     def broadcast(self, tensor: paddle.Tensor, src: int = 0) -> paddle.Tensor:
         """Make ``tensor`` on every rank equal to rank ``src``'s (a decision taken once, e.g. masks)."""
         if self.nranks > 1:

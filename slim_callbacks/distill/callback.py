@@ -102,7 +102,7 @@ class DistillCallback(SlimCallback):
             ``no_grad``; never updated and never saved with the student.
         feature_pairs: ``[(student_layer, teacher_layer), ...]`` dotted sublayer names; a bad name raises
             a KeyError listing the closest names.
-        feature_loss: ``'l2'`` (sum of squares / batch), ``'mse'``, ``'l1'``, ``'cosine'`` or ``'at'``
+        feature_loss: ``'l2'`` (= ``'mse'``, mean of squares, as PaddleSlim), ``'l2_sum'`` (FitNets sum / batch), ``'l1'``, ``'cosine'`` or ``'at'``
             (attention transfer).
         pair_weights: one weight per pair (number, Schedule or config dict); None = 1.0 each.
         soft_label_weight: weight of the KD loss ``KL(teacher_T || student_T) * T^2``; 0 turns it off.

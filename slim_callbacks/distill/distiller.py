@@ -112,7 +112,7 @@ class Distiller:
         student: the network being trained.
         teacher: the trained network to imitate (never updated).
         feature_pairs: ``[(student_layer, teacher_layer), ...]`` dotted sublayer names.
-        feature_loss: one of ``'l2'``, ``'mse'``, ``'l1'``, ``'cosine'``, ``'at'`` (see :mod:`.losses`).
+        feature_loss: one of ``'l2'`` (= ``'mse'``), ``'l2_sum'``, ``'l1'``, ``'cosine'``, ``'at'`` (see :mod:`.losses`).
         temperature: softmax temperature T > 0 of the soft-label KD loss.
         soft_labels: compute the KD loss (requires equal class counts).
         adapters: ``'auto'``, ``'always'`` or ``'none'`` (see :func:`.adapters.build_adapter`).

@@ -6,9 +6,11 @@ computes it under ``no_grad``).
 
 Feature losses (``FEATURE_LOSSES``):
 
-* ``'l2'``: sum of squared differences divided by the batch size N (FitNets-style; grows with the
-  feature size, so pair weights are usually small, e.g. 1e-3).
-* ``'mse'``: mean of squared differences over every element.
+* ``'l2'`` (alias ``'mse'``): mean of squared differences over every element, as PaddleSlim's
+  ``l2_loss`` (the seed's) computes it; independent of the feature size, so weight 1 is a sane start.
+* ``'l2_sum'``: sum of squared differences divided by the batch size N (FitNets-style). It grows with
+  the feature size (a 64x8x8 map: thousands of times ``'l2'``), so its pair weight must be small
+  (about 1 / elements per sample); at weight 1 it makes training diverge.
 * ``'l1'``: mean absolute difference over every element.
 * ``'cosine'``: mean over the batch of ``1 - cos(s_i, t_i)`` with each sample's feature flattened.
 * ``'at'``: attention transfer (Zagoruyko & Komodakis, ICLR 2017): the attention map
@@ -33,13 +35,13 @@ def _flat(x: paddle.Tensor) -> paddle.Tensor:
     return x.reshape([x.shape[0], -1])
 
 
-def l2_loss(student: paddle.Tensor, teacher: paddle.Tensor) -> paddle.Tensor:
-    """Sum of squared differences / batch size."""
+def l2_sum_loss(student: paddle.Tensor, teacher: paddle.Tensor) -> paddle.Tensor:
+    """Sum of squared differences / batch size (FitNets)."""
     return ((student - teacher) ** 2).sum() / student.shape[0]
 
 
 def mse_loss(student: paddle.Tensor, teacher: paddle.Tensor) -> paddle.Tensor:
-    """Mean of squared differences over all elements."""
+    """Mean of squared differences over all elements (``'l2'`` and ``'mse'``)."""
     return ((student - teacher) ** 2).mean()
 
 
@@ -66,8 +68,9 @@ def at_loss(student: paddle.Tensor, teacher: paddle.Tensor) -> paddle.Tensor:
 
 
 FEATURE_LOSSES: dict[str, Callable[[paddle.Tensor, paddle.Tensor], paddle.Tensor]] = {
-    "l2": l2_loss,
+    "l2": mse_loss,
     "mse": mse_loss,
+    "l2_sum": l2_sum_loss,
     "l1": l1_loss,
     "cosine": cosine_loss,
     "at": at_loss,

@@ -118,7 +118,12 @@ class QATCallback(SlimCallback):
             self._apply_freezes(self.seam.network)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self.seam is None or not self.seam.reporter.active or not is_quantized(self.seam.network):
+        if self.seam is None or not is_quantized(self.seam.network):
+            return
+        # data-parallel ranks observed different batches: agree on ranges and BN statistics (which the
+        # folded weight scales depend on) before anything is saved or exported
+        self.seam.sync_buffers()
+        if not self.seam.reporter.active:
             return
         layers = quantized_layers(self.seam.network)
         self.report_histogram("quant/activation_range", np.concatenate(

@@ -8,6 +8,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
 
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
@@ -27,7 +28,11 @@ def main(recipe_path: str, out_dir: str) -> None:
     context = {}
     if "teacher" in recipe:
         paddle.seed(1)
-        context["teacher"] = build_model(recipe["teacher"]["model"], n, width=float(recipe["teacher"].get("width", 0.25)))
+        teacher = build_model(recipe["teacher"]["model"], n, width=float(recipe["teacher"].get("width", 0.25)))
+        from test_compose import calibrate_bn
+
+        calibrate_bn(teacher, train)
+        context["teacher"] = teacher
     callbacks = build_callbacks(recipe, context)
     config = TrainConfig(**{k: v for k, v in recipe.items() if k in TrainConfig.__dataclass_fields__})
     trainer = SlimTrainer(network, train, test, callbacks=callbacks, config=config, log_dir=os.path.join(out_dir, "run"))

@@ -46,6 +46,18 @@ def _trace_pairs(network: nn.Layer, example_inputs) -> list[tuple[str, str]]:
             handles.append(layer.register_forward_post_hook(conv_hook))
         elif isinstance(layer, BN_TYPES):
             handles.append(layer.register_forward_pre_hook(bn_hook))
+    _traced_forward(network, example_inputs, handles)
+    seen_conv, seen_bn, unique = set(), set(), []
+    for conv, bn in pairs:  # a layer called twice could repeat; keep first and only 1:1 pairs
+        if conv not in seen_conv and bn not in seen_bn:
+            unique.append((conv, bn))
+            seen_conv.add(conv)
+            seen_bn.add(bn)
+    return unique
+
+
+def _traced_forward(network: nn.Layer, example_inputs, handles: list) -> None:
+    """One eval-mode, no-grad forward for the hooks in ``handles``, which are removed afterwards."""
     was_training = network.training
     network.eval()
     try:
@@ -56,13 +68,6 @@ def _trace_pairs(network: nn.Layer, example_inputs) -> list[tuple[str, str]]:
             h.remove()
         if was_training:
             network.train()
-    seen_conv, seen_bn, unique = set(), set(), []
-    for conv, bn in pairs:  # a layer called twice could repeat; keep first and only 1:1 pairs
-        if conv not in seen_conv and bn not in seen_bn:
-            unique.append((conv, bn))
-            seen_conv.add(conv)
-            seen_bn.add(bn)
-    return unique
 
 
 def find_relu_fed_layers(network: nn.Layer, example_inputs, types: tuple = (nn.Conv2D, nn.Linear)) -> list[str]:
@@ -89,16 +94,7 @@ def find_relu_fed_layers(network: nn.Layer, example_inputs, types: tuple = (nn.C
             handles.append(layer.register_forward_post_hook(relu_hook))
         elif isinstance(layer, types):
             handles.append(layer.register_forward_pre_hook(layer_hook))
-    was_training = network.training
-    network.eval()
-    try:
-        with paddle.no_grad():
-            network(*_as_inputs(example_inputs))
-    finally:
-        for h in handles:
-            h.remove()
-        if was_training:
-            network.train()
+    _traced_forward(network, example_inputs, handles)
     return fed
 
 

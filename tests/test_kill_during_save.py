@@ -1,0 +1,65 @@
+"""A process killed (SIGKILL) in the middle of saving leaves the previous checkpoint loadable."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import paddle
+
+from slim_callbacks.seam import Seam
+
+SAVER = r"""
+import sys, numpy as np, paddle
+sys.path.insert(0, sys.argv[2])
+from slim_callbacks.seam import Seam
+paddle.seed(0)
+net = paddle.nn.Sequential(paddle.nn.Linear(64, 512), paddle.nn.ReLU(), paddle.nn.Linear(512, 512))
+model = paddle.Model(net)
+model.prepare(paddle.optimizer.Adam(1e-3, parameters=net.parameters()), paddle.nn.MSELoss())
+seam = Seam.attach(model)
+step = {"n": 0}
+seam.register_state("counter", lambda: dict(step), lambda s: None)
+x = np.random.rand(8, 64).astype("float32"); y = np.random.rand(8, 512).astype("float32")
+while True:
+    model.train_batch([x], [y])
+    step["n"] += 1
+    model.save(sys.argv[1])          # the same prefix over and over
+    print(step["n"], flush=True)
+"""
+
+
+def _model():
+    net = paddle.nn.Sequential(paddle.nn.Linear(64, 512), paddle.nn.ReLU(), paddle.nn.Linear(512, 512))
+    model = paddle.Model(net)
+    model.prepare(paddle.optimizer.Adam(1e-3, parameters=net.parameters()), paddle.nn.MSELoss())
+    return model
+
+
+def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    prefix = str(tmp_path / "ck")
+    for delay in (1.5, 2.3, 3.1):  # kill at different moments of the save loop
+        proc = subprocess.Popen([sys.executable, "-c", SAVER, prefix, root], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        deadline = time.time() + 120
+        while not os.path.exists(prefix + ".slim") and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        saved = [int(line) for line in proc.stdout.read().split()]
+        assert saved, "the saver never completed a checkpoint"
+        model = _model()
+        seam = Seam.attach(model)
+        model.load(prefix)  # must not raise: every file is whole
+        state = Seam.read_checkpoint_state(prefix)
+        assert seam.global_step == state["global_step"] == state["state"]["counter"]["n"]
+        # the newest complete save, or the one whose .slim landed just before the kill
+        assert state["global_step"] in (saved[-1], saved[-1] + 1)
+        assert all(np.isfinite(p.numpy()).all() for p in model.network.parameters())
+        leftovers = [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+        for name in leftovers:  # a killed save may leave its temp folder, never a half file in place
+            assert not name.startswith("ck")

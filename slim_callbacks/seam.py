@@ -440,7 +440,8 @@ class Seam:
                 opt = self._rename_prefixes(paddle.load(tmp + ".pdopt"), self._structured_names())
                 paddle.save({**opt, _STRUCTURED: True}, tmp + ".pdopt")
             paddle.save(self.state_dict(), tmp + SLIM_SUFFIX)
-            # the .slim file goes in last, so a present .slim means the whole set was written
+            # each file is replaced atomically and the .slim goes in last; a kill between two renames
+            # can pair the new weights with the previous .slim, never leave a half-written file
             names = sorted(os.listdir(tmp_prefix), key=lambda n: n.endswith(SLIM_SUFFIX))
             for name in names:
                 os.replace(os.path.join(tmp_prefix, name), path + name[len("ckpt"):])

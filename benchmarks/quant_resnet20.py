@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
 from slim_callbacks.quant import PTQ_ALGOS, QATCallback, calibrate, export_int8, verify_deployment  # noqa: E402
+from benchmarks._eval import arrays, top1  # noqa: E402
 from trainers.data import build_datasets  # noqa: E402
 from trainers.models import build_model  # noqa: E402
 
@@ -52,21 +53,6 @@ def fit(net, train, epochs, lr, batch, callbacks=()):
     model.fit(train, epochs=epochs, batch_size=batch, shuffle=True, verbose=0, num_workers=0,
               callbacks=[timer, lr_cb, *callbacks])
     return timer
-
-
-def arrays(ds, limit=None):
-    n = len(ds) if limit is None else min(limit, len(ds))
-    xs, ys = zip(*(ds[i] for i in range(n)))
-    return np.stack(xs).astype("float32"), np.concatenate(ys).astype("int64")
-
-
-def top1(net, x, y, batch=500):
-    net.eval()
-    correct = 0
-    with paddle.no_grad():
-        for i in range(0, len(x), batch):
-            correct += int((net(paddle.to_tensor(x[i:i + batch])).numpy().argmax(1) == y[i:i + batch]).sum())
-    return correct / len(x)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
 from slim_callbacks.prune.shrink import shrink_network  # noqa: E402
+from benchmarks._eval import arrays, top1  # noqa: E402
 from trainers.data import build_datasets  # noqa: E402
 from trainers.models import build_model  # noqa: E402
 
@@ -45,20 +46,6 @@ def fit(net: paddle.nn.Layer, train, epochs: int, lr: float, batch: int = 128) -
     model.fit(train, epochs=epochs, batch_size=batch, shuffle=True, verbose=0, num_workers=0,
               callbacks=[paddle.callbacks.LRScheduler(by_step=True, by_epoch=False)])
     return (time.perf_counter() - t0) / epochs
-
-
-def arrays(ds) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys = zip(*(ds[i] for i in range(len(ds))))
-    return np.stack(xs).astype("float32"), np.concatenate(ys).astype("int64")
-
-
-def top1(net: paddle.nn.Layer, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
-    net.eval()
-    correct = 0
-    with paddle.no_grad():
-        for i in range(0, len(x), batch):
-            correct += int((net(paddle.to_tensor(x[i:i + batch])).numpy().argmax(1) == y[i:i + batch]).sum())
-    return correct / len(x)
 
 
 def main() -> None:

@@ -175,7 +175,8 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(TINY + ["--log-dir", str(blocker / "logs")]) == 2
-    assert "not writable" in capsys.readouterr().err and str(blocker) in capsys.readouterr().err + str(blocker)
+    err = capsys.readouterr().err
+    assert "not writable" in err and str(blocker) in err
     assert main(["--dataset", "cifar100", "--data-file", str(tmp_path / "nope.tar.gz")] + TINY) == 2
     assert "nope.tar.gz" in capsys.readouterr().err
 

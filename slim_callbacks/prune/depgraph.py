@@ -155,6 +155,7 @@ class DependencyGraph:
         self.layers: dict[str, LayerRecord] = {}
         self.hazards: list[str] = []
         self.mac_calls: list[MacCall] = []
+        self.outputs: dict[str, tuple] = {}  # layer name -> descriptor of its (first) output tensor
         self._parent: list[int] = []
         self._size: list[int] = []
         self._pinned: list[list[str]] = []
@@ -273,6 +274,15 @@ class DependencyGraph:
                 total += call.positions * out * self.kept_count(rec.in_desc, kept) * call.kernel
         return total
 
+    def output_groups(self, name: str) -> list[ChannelGroup]:
+        """The groups carried by the output of layer ``name`` (any sublayer, containers included)."""
+        desc = self.outputs.get(name)
+        if desc is None:
+            known = sorted(n for n in self.outputs if n)
+            raise KeyError(f"no traced output of layer {name!r} with a channel axis; layers with one: "
+                           f"{', '.join(known[:30])}{' ...' if len(known) > 30 else ''}")
+        return [g for g in (self.group_of(seg[0]) for seg in desc) if g is not None]
+
     def __str__(self) -> str:
         lines = [f"DependencyGraph of {type(self.network).__name__} traced with input {self.input_shape}: "
                  f"{len(self.groups)} groups, {sum(g.prunable for g in self.groups)} prunable"]
@@ -339,10 +349,15 @@ class _Tracer:
     def post_hook(self, layer: nn.Layer, inputs: tuple, output: Any) -> None:
         if layer._sub_layers:
             self.where.pop()
-            return
-        self.depth -= 1
+        else:
+            self.depth -= 1
+            if self.depth == 0:
+                self.leaf(self.names.get(id(layer), type(layer).__name__), layer, inputs, output)
         if self.depth == 0:
-            self.leaf(self.names.get(id(layer), type(layer).__name__), layer, inputs, output)
+            name = self.names.get(id(layer))
+            outs = _tensors(output)
+            if name is not None and outs and id(outs[0]) in self.desc:
+                self.g.outputs[name] = self.desc[id(outs[0])]
 
     def bind_input(self, rec: LayerRecord, desc: tuple, where: str) -> bool:
         if rec.in_desc is None:

@@ -48,6 +48,7 @@ __all__ = [
     "SparsityReport",
     "Target",
     "check_sparsity",
+    "count_sparsity",
     "prune",
     "select_targets",
     "trace_norm_pairs",
@@ -255,6 +256,25 @@ class SparsityReport:
         return self.network_total - self.network_zeros
 
 
+def count_sparsity(net: nn.Layer, targets: Sequence[Target]) -> SparsityReport:
+    """Exact zeros of ``targets`` and of all of ``net``'s parameters, read from the current weights."""
+    report = SparsityReport()
+    for t in targets:
+        zeros = t.numel - int(paddle.count_nonzero(t.param).item())
+        report.per_layer[t.name] = zeros / t.numel if t.numel else 0.0
+        report.zeros += zeros
+        report.total += t.numel
+    seen: set[int] = set()
+    for _, p in net.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        size = int(np.prod(p.shape))
+        report.network_total += size
+        report.network_zeros += size - int(paddle.count_nonzero(p).item())
+    return report
+
+
 class Masker:
     """Masks over selected parameters of ``net``; see the module docstring.
 
@@ -417,6 +437,12 @@ class Masker:
         shape[t.out_axis] = channels
         return np.broadcast_to(keep.reshape(shape), w.shape).astype(np.float32).copy()
 
+    def at_level(self, sparsity: float) -> bool:
+        """True when the masks already hold ``sparsity`` (nothing to recompute)."""
+        if not self.masks:
+            return sparsity == 0.0
+        return isinstance(self.sparsity, float) and abs(sparsity - self.sparsity) < 1e-12
+
     def update(self, sparsity: float | Mapping[str, float]) -> None:
         """Compute masks for ``sparsity`` (fraction of zeros in [0, 1), or per-layer ratios) and apply them now."""
         self.set_masks(self.compute_masks(sparsity))
@@ -469,21 +495,7 @@ class Masker:
     # --------------------------------------------------------------------------- accounting
     def sparsity_report(self) -> SparsityReport:
         """Exact zero counts read from the current weights (not from the masks)."""
-        report = SparsityReport()
-        for t in self.targets:
-            zeros = t.numel - int(paddle.count_nonzero(t.param).item())
-            report.per_layer[t.name] = zeros / t.numel if t.numel else 0.0
-            report.zeros += zeros
-            report.total += t.numel
-        seen: set[int] = set()
-        for _, p in self.net.named_parameters():
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            size = int(np.prod(p.shape))
-            report.network_total += size
-            report.network_zeros += size - int(paddle.count_nonzero(p).item())
-        return report
+        return count_sparsity(self.net, self.targets)
 
     # ----------------------------------------------------------------------------- finishing
     def remove_hooks(self) -> None:

@@ -492,7 +492,8 @@ def slice_optimizer_state(optimizer: paddle.optimizer.Optimizer, slices: Mapping
 
     Every accumulator (Momentum 'velocity', Adam/AdamW 'moment1'/'moment2', master weights ...) whose
     shape equals the parameter's old shape is cut with the same kept indices; scalar accumulators
-    (Adam's beta powers) are left alone. The optimizer's parameter list already holds the shrunk
+    (Adam's beta powers) are left alone; loaded state still waiting for its accumulator (a resume before
+    the first step) is cut the same way. The optimizer's parameter list already holds the shrunk
     Parameter objects (they were sliced in place); a sliced parameter the optimizer does not hold is
     an error, since it would silently stop training.
     """
@@ -515,6 +516,19 @@ def slice_optimizer_state(optimizer: paddle.optimizer.Optimizer, slices: Mapping
             elif shape != s.new_shape and int(np.prod(shape)) > 1:
                 raise ValueError(f"optimizer state of {pname!r} has shape {shape}, neither the old {s.old_shape} "
                                  f"nor the new {s.new_shape} parameter shape")
+    # state loaded by set_state_dict but not claimed yet (accumulators are created at the first step):
+    # Paddle holds it by accumulator name, '<param name>_<accumulator>_<n>'
+    holder = getattr(optimizer, "_accumulators_holder", None) or {}
+    by_length = sorted(slices, key=len, reverse=True)
+    for key, value in list(holder.items()):
+        pname = next((n for n in by_length if key.startswith(n + "_")), None)
+        if pname is None:
+            continue
+        s = slices[pname]
+        if list(np.shape(value)) == s.old_shape != s.new_shape:
+            cut = _slice_array(value.numpy() if isinstance(value, paddle.Tensor) else np.asarray(value), s.kept)
+            holder[key] = paddle.to_tensor(cut) if isinstance(value, paddle.Tensor) else cut
+            changed += 1
     return changed
 
 

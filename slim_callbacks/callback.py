@@ -129,6 +129,17 @@ class SlimCallback(paddle.callbacks.Callback):
     def teardown(self, seam: Seam) -> None:
         """Undo :meth:`setup`. Called at train end (reverse priority), before the seam is released."""
 
+    def channel_readers(self) -> dict[str, str]:
+        """{network layer name: why} for layers whose output channels this callback reads outside the
+        network (a distillation adapter); physical channel pruning keeps those channels whole."""
+        return {}
+
+    def shapes_fixed_from(self) -> float | None:
+        """The epoch from which this callback needs the network's parameter shapes to stay fixed (it
+        wraps or calibrates layers), or None. Physical channel pruning must be done before it; a
+        callback acting at train end returns ``total_epochs``."""
+        return None
+
     @property
     def steps_per_epoch(self) -> int | None:
         """Optimizer updates per epoch in the running fit (None when the loader has no length)."""

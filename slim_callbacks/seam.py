@@ -17,6 +17,9 @@ all three, so one :class:`Seam` is installed per ``paddle.Model`` and shared by 
   (``PATH.slim``) and restored by ``model.load``; state loaded before its provider registers is kept
   pending and handed over on registration (resume).
 * the real network behind ``paddle.DataParallel`` and the optimizer-update counter that schedules use.
+* **reshaped networks** - after channel pruning removed channels in place,
+  :meth:`Seam.network_reshaped` records the architecture (written to ``PATH.slim``; ``model.load``
+  rebuilds it before loading weights) and gives ``paddle.DataParallel`` the new parameters.
 
 Hooks go in as *instance attributes* (``train_batch``, ``eval_batch``, ``save``, ``load``) and a wrapped
 ``_loss``; :meth:`Seam.uninstall` deletes/restores them and leaves the Model exactly as it was.
@@ -124,6 +127,9 @@ class Seam:
         self._pending: dict[str, Any] = {}
         self._pending_extras: dict[str, dict] = {}
         self._pending_opt: dict[str, Any] | None = None
+        #: parameter/buffer shapes after an in-place reshape (see :meth:`network_reshaped`), else None
+        self.architecture: dict[str, Any] | None = None
+        self._retired: list[Any] = []  # DataParallel wrappers replaced after a reshape (kept alive)
         self._ctx: StepContext | None = None
         #: the callbacks' event conductor (owned by slim_callbacks.callback; the seam only carries it)
         self.conductor: Any = None
@@ -179,6 +185,47 @@ class Seam:
     def parallel_network(self) -> paddle.nn.Layer:
         """What the forward pass actually calls: the DataParallel wrapper when nranks > 1, else the network."""
         return getattr(self.model._adapter, "ddp_model", None) or self.model.network
+
+    def network_reshaped(self) -> None:
+        """Channels were removed from the network in place: record its architecture and re-wrap it.
+
+        The architecture (:func:`slim_callbacks.prune.shrink.describe_architecture`) goes into every
+        later ``PATH.slim``, and ``model.load`` applies it to the network before loading weights.
+
+        With nranks > 1, ``paddle.DataParallel``'s C++ reducer has hooked every parameter's gradient
+        with buckets of its construction-time size, and Paddle offers no way to unhook it. So every
+        parameter of the network is replaced by a fresh Parameter (same name, values and attributes) that the
+        old reducer never sees, the optimizer is pointed at it (its accumulators are keyed by name and
+        stay), and the network gets a new DataParallel. The old wrapper is kept alive: its hooks on the
+        retired parameters still reference it.
+        """
+        from .prune.shrink import describe_architecture
+
+        self.architecture = describe_architecture(self.network)
+        adapter = self.model._adapter
+        old = getattr(adapter, "ddp_model", None)
+        if old is None:
+            return
+        swapped: dict[int, paddle.Tensor] = {}
+        for layer in self.network.sublayers(include_self=True):
+            for attr, p in list(layer._parameters.items()):
+                if p is None:
+                    continue
+                if id(p) not in swapped:
+                    swapped[id(p)] = paddle.base.framework.EagerParamBase.from_tensor(
+                        p.detach().clone(), name=p.name, trainable=p.trainable, optimize_attr=p.optimize_attr,
+                        regularizer=p.regularizer, do_model_average=p.do_model_average, need_clip=p.need_clip)
+                layer._parameters[attr] = swapped[id(p)]
+        opt = self.optimizer
+        for holder in (getattr(opt, "_parameter_list", None), getattr(opt, "_param_groups", None)):
+            for i, item in enumerate(holder or []):
+                if isinstance(item, dict):
+                    item["params"] = [swapped.get(id(q), q) for q in item["params"]]
+                else:
+                    holder[i] = swapped.get(id(item), item)
+        self._retired.append(old)
+        adapter.ddp_model = paddle.DataParallel(self.network, old._strategy, group=old.group,
+                                                find_unused_parameters=old.find_unused_parameters)
 
     @property
     def optimizer(self) -> paddle.optimizer.Optimizer:
@@ -382,6 +429,7 @@ class Seam:
             "global_step": self.global_step,
             "extras": {name: layer.state_dict() for name, layer in self._extras.items()},
             "state": {name: get() for name, (get, _) in self._providers.items()},
+            "architecture": self.architecture,
         }
 
     def set_state_dict(self, state: dict[str, Any]) -> None:
@@ -468,10 +516,24 @@ class Seam:
         opt_file = prefix + ".pdopt"
         opt = paddle.load(opt_file) if os.path.exists(opt_file) and not reset_optimizer else None
         structured = bool(opt) and bool(opt.pop(_STRUCTURED, False))
-        self._orig["load"](prefix, skip_mismatch, reset_optimizer or structured)
         slim_file = prefix + SLIM_SUFFIX
-        if os.path.exists(slim_file):
-            self.set_state_dict(paddle.load(slim_file))  # registers nothing new, so names stay valid
+        slim = paddle.load(slim_file) if os.path.exists(slim_file) else {}
+        if slim.get("architecture"):
+            # channels were removed before this checkpoint: rebuild those shapes before loading weights
+            from .prune.shrink import apply_shrunk_architecture
+
+            apply_shrunk_architecture(self.network, slim["architecture"])
+            self.network_reshaped()
+        try:
+            self._orig["load"](prefix, skip_mismatch, reset_optimizer or structured)
+        except ValueError as err:
+            raise ValueError(
+                f"cannot load checkpoint {prefix!r} into {type(self.network).__name__}: {err}. A checkpoint of a "
+                f"channel-pruned (shrunk) network loads into a fresh network only with its architecture: "
+                f"through this seam with the {SLIM_SUFFIX} file beside it, or with "
+                f"slim_callbacks.prune.shrink.load_shrunk") from err
+        if slim:
+            self.set_state_dict(slim)  # registers nothing new, so names stay valid
         if structured:
             self._pending_opt = opt
             self._apply_optimizer_state()
@@ -481,5 +543,9 @@ class Seam:
         extra layer registers after the load, so its accumulators (Adam moments ...) are restored too."""
         if self._pending_opt is not None:
             current = {v: k for k, v in self._structured_names().items()}
-            self.optimizer.set_state_dict(self._rename_prefixes(self._pending_opt, current, keep_unmatched=False))
+            state = self._rename_prefixes(self._pending_opt, current, keep_unmatched=False)
+            # loaded entries still waiting for their accumulator may have been adjusted since the load
+            # (sliced by a channel shrink): those win over the file's
+            state.update(getattr(self.optimizer, "_accumulators_holder", None) or {})
+            self.optimizer.set_state_dict(state)
 

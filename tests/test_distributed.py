@@ -77,3 +77,26 @@ def test_two_process_full_stack_agrees_on_masks_scales_and_adapters(tmp_path):
     zeros = sum(int((w == 0).sum()) for w in convs) / sum(w.size for w in convs)
     assert zeros >= 0.55, f"pruned fraction {zeros:.3f}"
     assert_rank0_wrote_alone(out)
+
+
+SHRINK_STEP = dict(BASE, epochs=3, callbacks=[
+    {"type": "GradualPruneCallback", "final_sparsity": 0.5, "start_epoch": 0, "end_epoch": 1, "schedule": "linear",
+     "granularity": "channel", "shrink": "step"},
+    {"type": "QATCallback", "start_epoch": 1},
+])
+
+
+def test_two_process_shrink_rewraps_data_parallel(tmp_path):
+    """Channels removed at epoch 1 while training goes on for 2 more epochs under a new DataParallel:
+    both ranks still agree (gradients were all-reduced for the shrunk parameters), then QAT runs on it."""
+    out = launch(tmp_path, SHRINK_STEP)
+    arrays = assert_same_on_both_ranks(out, buffers_too=True)
+    dense = {"conv1.weight": [4, 3, 3, 3], "layer3.2.conv2.weight": [16, 16, 3, 3]}  # width 0.25
+    for key, shape in dense.items():
+        got = next(arrays[k].shape for k in arrays.files if k.endswith(key))
+        assert got[0] == shape[0] // 2, (key, got)
+    import paddle
+
+    slim = paddle.load(str(out / "run" / "checkpoints" / "latest.slim"))
+    assert slim["architecture"]["layers"]["layer3.2.conv2"]["params"]["weight"][0] == 8
+    assert_rank0_wrote_alone(out)

@@ -210,41 +210,6 @@ def test_bn_scale_traces_the_first_batch():
         assert dead.sum() == 2
 
 
-def test_shrink_says_when_prune_channels_is_missing(monkeypatch):
-    monkeypatch.setitem(sys.modules, "slim_callbacks.prune.shrink", None)  # import fails
-    cb = GradualPruneCallback(0.25, granularity="channel", schedule="constant", shrink=True)
-    with pytest.raises(NotImplementedError, match="slim_callbacks.prune.shrink.prune_channels"):
-        _model().fit(Data(), batch_size=16, epochs=1, verbose=0, callbacks=[cb])
-
-
-def test_shrink_removes_exactly_the_masked_channels(monkeypatch):
-    calls = []
-    import slim_callbacks.prune.shrink as shrink
-
-    real = shrink.prune_channels
-    monkeypatch.setattr(shrink, "prune_channels", lambda net, ratio, **kw: calls.append(ratio) or real(net, ratio, **kw))
-    model = _model()
-    net = model.network
-    seen = {}
-
-    class BeforeShrink(paddle.callbacks.Callback):  # listed first: its on_train_end runs before the pruner's
-        def on_train_end(self, logs=None):
-            seen.update({k: v.numpy().copy() for k, v in net.state_dict().items()})
-
-    cb = GradualPruneCallback(0.25, granularity="channel", criterion="l2", schedule="constant", skip_last=True, shrink=True)
-    model.fit(Data(), batch_size=16, epochs=2, verbose=0, callbacks=[BeforeShrink(), cb])
-    assert calls == [{"conv1": 0.25, "conv2": 0.25}]
-    alive1 = np.where((seen["conv1.weight"].reshape(8, -1) != 0).any(axis=1))[0]
-    alive2 = np.where((seen["conv2.weight"].reshape(8, -1) != 0).any(axis=1))[0]
-    assert len(alive1) == len(alive2) == 6
-    np.testing.assert_array_equal(net.conv1.weight.numpy(), seen["conv1.weight"][alive1])
-    np.testing.assert_array_equal(net.bn1.weight.numpy(), seen["bn1.weight"][alive1])
-    np.testing.assert_array_equal(net.conv2.weight.numpy(), seen["conv2.weight"][alive2][:, alive1])
-    np.testing.assert_array_equal(net.fc.weight.numpy(), seen["fc.weight"][alive2])
-    assert cb.summary["sparsity"] == 0.0 and cb.summary["params"] < sum(v.size for k, v in seen.items() if "_mean" not in k and "_variance" not in k)
-    assert model.predict_batch([Data()[0][0][None]])[0].shape == (1, 4)  # still runs
-
-
 def test_bad_arguments():
     with pytest.raises(ValueError, match=r"end_epoch \(1\) is before start_epoch \(2\)"):
         GradualPruneCallback(0.5, start_epoch=2, end_epoch=1)

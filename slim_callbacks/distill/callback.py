@@ -206,6 +206,9 @@ class DistillCallback(SlimCallback):
         self.distiller.remove()
         self._cache = None
 
+    def channel_readers(self) -> dict[str, str]:
+        return {s: f"DistillCallback feature pair ({s!r}, {t!r}) reads its channels" for s, t in self.pairs}
+
     def _register_adapter(self, seam: Seam, name: str, layer: paddle.nn.Layer) -> None:
         full = self.term_name(name)
         previous = seam.extra_layers.get(full)

@@ -12,8 +12,19 @@ The callback only decides *when*; :class:`~slim_callbacks.prune.masks.Masker` do
 * epoch end: report overall and per-layer sparsity (scalars) and weight histograms; after the last
   epoch also the final figures (nonzero parameters, dense and zipped weight bytes), while every sink
   still listens;
-* train end: strip the masks (pruning becomes permanent); with ``granularity='channel', shrink=True``
-  remove the masked channels through ``slim_callbacks.prune.shrink.prune_channels``.
+* train end: strip the masks (pruning becomes permanent); with ``granularity='channel', shrink=...``
+  remove the masked channels (see below).
+
+Physical channel removal (``granularity='channel'``, ``shrink=True``/``'end'`` or ``'step'``): the masks
+are then :class:`~slim_callbacks.prune.group_masks.GroupMasker` masks over the *coupled channel groups*
+of the traced dependency graph (a residual stage is one group), so every masked channel can really be
+removed, and removing it changes no output. ``'end'`` removes them at train end; ``'step'`` each time
+the schedule moves the sparsity, so training continues (and gets faster) on the smaller network. The
+optimizer's accumulators (momentum, Adam moments) are sliced with the parameters, the seam re-wraps a
+``paddle.DataParallel`` and writes the new architecture into every later checkpoint, so resume and
+``model.load`` rebuild the shapes before loading weights. Channels read by another callback
+(distillation feature pairs) stay whole; callbacks that fix the shapes (QAT from its ``start_epoch``,
+PTQ at train end) must come after the last removal, which is checked at set-up.
 
 Progress is the seam's optimizer-update counter, so gradient accumulation and resume keep the schedule
 right. Constructor arguments are plain values so YAML recipes can give them.
@@ -21,7 +32,7 @@ right. Constructor arguments are plain values so YAML recipes can give them.
 
 from __future__ import annotations
 
-import importlib
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -29,7 +40,8 @@ import numpy as np
 from ..callback import SlimCallback
 from ..schedule import SCHEDULES, Schedule, schedule_from_config
 from ..seam import Seam, StepContext
-from .masks import GRANULARITIES, Masker, check_sparsity
+from .group_masks import GroupMasker
+from .masks import GRANULARITIES, Masker, check_sparsity, select_targets
 
 __all__ = ["GradualPruneCallback"]
 
@@ -62,10 +74,16 @@ class GradualPruneCallback(SlimCallback):
         strip_at_end: make pruning permanent at train end (masks dropped, zeros kept).
         mask_gradients: also mask gradients (parameter hooks) besides re-applying masks after each step.
             Off by default: re-applying alone is exact and the hooks cost as much again (docs/pruning.md).
-        shrink: ``'channel'`` only: physically remove the masked channels at train end through
-            ``slim_callbacks.prune.shrink.prune_channels`` (needs ``strip_at_end=True``; see :meth:`_shrink`).
-        input_shape: input shape (batch first) for tracing which BatchNorm follows which layer
-            (``criterion='bn_scale'``); None traces the first training batch instead.
+        shrink: ``'channel'`` only: False (masks only, per layer), True or ``'end'`` (coupled-group masks,
+            channels removed at train end) or ``'step'`` (removed each time the sparsity moves); needs
+            ``strip_at_end=True``. ``final_sparsity`` is then the fraction of every prunable group's
+            channels removed; ``params``/``layer_types`` do not apply and ``skip_last`` is implied (the
+            classifier's outputs are never pruned); see the module docstring.
+        round_to: with ``shrink``: kept channel counts are rounded up to a multiple of this (SIMD widths).
+        ignored_layers: with ``shrink``: layer names whose coupled channel groups stay whole.
+        input_shape: input shape (batch first) to trace with: the channel dependency graph (``shrink``) or
+            which BatchNorm follows which layer (``criterion='bn_scale'``); None traces the first
+            training batch instead.
         histograms: report weight histograms of pruned layers at each epoch end.
 
     After fit, :attr:`summary` holds the final figures (sparsity per layer and overall, nonzero
@@ -93,7 +111,9 @@ class GradualPruneCallback(SlimCallback):
         skip_last: bool = False,
         strip_at_end: bool = True,
         mask_gradients: bool = False,
-        shrink: bool = False,
+        shrink: bool | str = False,
+        round_to: int = 1,
+        ignored_layers: Sequence[str] | None = None,
         input_shape: Sequence[int] | None = None,
         histograms: bool = True,
     ) -> None:
@@ -108,10 +128,19 @@ class GradualPruneCallback(SlimCallback):
             raise ValueError(f"frequency must be None (epoch boundaries) or a whole number of optimizer steps >= 1, got {frequency!r}")
         if granularity not in GRANULARITIES:
             raise ValueError(f"unknown granularity {granularity!r}; valid: {list(GRANULARITIES)}")
-        if shrink and granularity != "channel":
-            raise ValueError(f"shrink=True removes channels and needs granularity='channel', got {granularity!r}")
-        if shrink and not strip_at_end:
-            raise ValueError("shrink=True removes the masked channels at train end and needs strip_at_end=True")
+        if shrink not in (False, None, True, "end", "step"):
+            raise ValueError(f"shrink must be False, True / 'end' (remove the masked channels at train end) or 'step' "
+                             f"(remove them each time the sparsity moves), got {shrink!r}")
+        self.shrink: str | None = None if shrink in (False, None) else ("end" if shrink is True else str(shrink))
+        if self.shrink and granularity != "channel":
+            raise ValueError(f"shrink={shrink!r} removes channels and needs granularity='channel', got {granularity!r}")
+        if self.shrink and not strip_at_end:
+            raise ValueError(f"shrink={shrink!r} removes the masked channels and needs strip_at_end=True")
+        if self.shrink and (params is not None or layer_types is not None):
+            raise ValueError("shrink prunes whole coupled channel groups of the traced network; params and layer_types "
+                             "do not apply (use ignored_layers to keep groups whole)")
+        if not self.shrink and (round_to != 1 or ignored_layers):
+            raise ValueError("round_to and ignored_layers apply to channel-group pruning (shrink=True/'end'/'step')")
         if isinstance(schedule, str) and schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; valid: {sorted(SCHEDULES)}, a Schedule or a config dict")
         self.start_epoch, self.end_epoch = start_epoch, end_epoch
@@ -129,10 +158,12 @@ class GradualPruneCallback(SlimCallback):
             mask_gradients=mask_gradients,
         )
         self.strip_at_end = strip_at_end
-        self.shrink = shrink
+        self.round_to = round_to
+        self.ignored_layers = list(ignored_layers or [])
+        self.shrinks: list[dict[str, Any]] = []  #: one entry per physical removal (step, MACs, parameters)
         self.input_shape = list(input_shape) if input_shape is not None else None
         self.histograms = histograms
-        self.masker: Masker | None = None
+        self.masker: Masker | GroupMasker | None = None
         self.schedule: Schedule | None = None
         self.history: list[tuple[int, float]] = []
         self.summary: dict[str, Any] = {}
@@ -172,8 +203,6 @@ class GradualPruneCallback(SlimCallback):
 
     # ---------------------------------------------------------------------------- life cycle
     def setup(self, seam: Seam) -> None:
-        if self.shrink:
-            self._prune_channels_fn()  # fail now, not after training
         if self.end_epoch is None and (self.schedule is None or not isinstance(self.schedule_spec, Schedule)):
             epochs = self.total_epochs or 1
             self.schedule = self._build_schedule(max(self.start_epoch, epochs - 1))
@@ -184,7 +213,7 @@ class GradualPruneCallback(SlimCallback):
                 import paddle
 
                 example = paddle.zeros(self.input_shape, dtype="float32")
-            self.masker = Masker(network, example_input=example, **self.masker_args)
+            self.masker = self._build_masker(seam, example)
         seam.register_state(_STATE, self._get_state, self._set_state)
         seam.add_step_hook(_HOOK, self._after_step, priority=self.priority)
         if self.masker.needs_trace:
@@ -200,10 +229,9 @@ class GradualPruneCallback(SlimCallback):
             return
         shrunk = False
         if self.strip_at_end:
-            ratios = self._channel_ratios() if self.shrink else None
             self.masker.strip()
-            if ratios:
-                self._shrink(seam, ratios)
+            if isinstance(self.masker, GroupMasker) and self.masker.kept:
+                self._shrink_now(seam)
                 shrunk = True
         # the last epoch end already reported the figures (stripping keeps every zero); after a shrink
         # they changed, so they go out again (sinks still listening at teardown receive them)
@@ -224,6 +252,9 @@ class GradualPruneCallback(SlimCallback):
             "params": report.network_total,
             **sizes,
         }
+        if self.shrinks:
+            self.summary["macs_per_image"] = [self.shrinks[0]["macs"][0], self.shrinks[-1]["macs"][1]]
+            self.summary["param_count"] = [self.shrinks[0]["params"][0], self.shrinks[-1]["params"][1]]
         if reporter is None:
             return
         reporter.scalar("prune/final/sparsity", report.overall)
@@ -278,72 +309,77 @@ class GradualPruneCallback(SlimCallback):
             self._sync()
 
     # ------------------------------------------------------------------------------- helpers
-    def _level(self) -> float:
-        assert self.masker is not None
-        level = self.masker.sparsity
-        return float(level) if isinstance(level, float) else float("nan")
+    def _build_masker(self, seam: Seam, example: Any) -> Masker | GroupMasker:
+        if not self.shrink:
+            return Masker(seam.network, example_input=example, **self.masker_args)
+        self._check_shrink_order(seam)
+        ignored = list(self.ignored_layers)
+        if self.masker_args["skip_first"]:
+            ignored.append(select_targets(seam.network)[0].layer_name)
+        readers: dict[str, str] = {}
+        for member in seam.conductor.members if seam.conductor is not None else []:
+            readers.update(member.channel_readers())
+        return GroupMasker(seam.network, criterion=self.masker_args["criterion"], round_to=self.round_to,
+                           ignored_layers=ignored, keep_outputs=readers, example_input=example)
+
+    def _ramp_end_epoch(self) -> float:
+        """Epoch where the schedule reaches its final value (inf when it cannot be known)."""
+        spe = self.steps_per_epoch
+        if self.schedule is None or self.schedule.kind == "callable" or not spe:
+            return math.inf
+        return self.schedule._to_steps(self.schedule.end, spe) / spe
+
+    def _check_shrink_order(self, seam: Seam) -> None:
+        """Refuse (before training) a removal that would come after another callback fixed the shapes."""
+        last = math.inf if self.shrink == "end" else self._ramp_end_epoch()
+        for member in seam.conductor.members if seam.conductor is not None else []:
+            fixed = member.shapes_fixed_from()
+            if fixed is not None and (self.shrink == "end" or fixed < last):
+                when = "at train end" if self.shrink == "end" else f"until epoch {last:g} (the end of the sparsity ramp)"
+                raise ValueError(
+                    f"GradualPruneCallback(shrink={self.shrink!r}) removes channels {when}, but "
+                    f"{type(member).__name__} fixes the network's shapes from epoch {fixed:g}. Use shrink='step' "
+                    f"with the ramp ending (end_epoch) at or before epoch {fixed:g}, or start "
+                    f"{type(member).__name__} later (e.g. QATCallback(start_epoch=...) at or after the ramp end)")
 
     def _sync(self) -> None:
         """Move the masks to the scheduled sparsity for the current optimizer-update count."""
         if self.masker is None or self.seam is None or self.masker.needs_trace:
             return
         target = self.sparsity_at(self.global_step, self.steps_per_epoch)
-        if self.masker.masks and abs(target - self._level()) < 1e-12:
-            return
-        if not self.masker.masks and target == 0.0:
+        if self.masker.at_level(target):
             return
         self.masker.update(target)
         self.history.append((self.global_step, target))
         self.report_scalar("prune/target", target)
+        if self.shrink == "step" and isinstance(self.masker, GroupMasker) and self.masker.kept:
+            self._shrink_now(self.seam)
+
+    def _shrink_now(self, seam: Seam) -> None:
+        """Remove the masked channel groups; slice the optimizer state; tell the seam (DataParallel, checkpoints)."""
+        assert isinstance(self.masker, GroupMasker)
+        result = self.masker.shrink(seam.optimizer)
+        seam.network_reshaped()
+        self.masker.refresh_targets()  # the seam may have replaced the Parameter objects (DataParallel)
+        entry = {"global_step": seam.global_step, "macs": [result.macs_before, result.macs_after],
+                 "params": [result.params_before, result.params_after]}
+        self.shrinks.append(entry)
+        self.report_scalar("prune/macs_per_image", result.macs_after)
+        self.report_scalar("prune/param_count", result.params_after)
+        self.report_text("prune/shrink", f"removed channels at optimizer step {seam.global_step}: MACs/image "
+                         f"{result.macs_before:,} -> {result.macs_after:,}, parameters {result.params_before:,} -> "
+                         f"{result.params_after:,}")
 
     def _get_state(self) -> dict[str, Any]:
         assert self.masker is not None
         config = None
         if self.schedule is not None and self.schedule.kind != "callable":
             config = self.schedule.get_config()
-        return {"masker": self.masker.state_dict(), "schedule": config, "history": list(self.history)}
+        return {"masker": self.masker.state_dict(), "schedule": config, "history": list(self.history),
+                "shrinks": list(self.shrinks)}
 
     def _set_state(self, state: dict[str, Any]) -> None:
         assert self.masker is not None
         self.masker.set_state_dict(state.get("masker", {}))
         self.history = [tuple(h) for h in state.get("history", [])]  # type: ignore[misc]
-
-    def _channel_ratios(self) -> dict[str, float]:
-        """{layer name: fraction of its output channels fully masked}, for layers with any."""
-        assert self.masker is not None
-        out = {}
-        for t in self.masker.targets:
-            mask = self.masker.masks.get(t.name)
-            if mask is None or t.out_axis is None:
-                continue
-            arr = np.moveaxis(mask.numpy(), t.out_axis, 0)
-            dead = int((arr.reshape(arr.shape[0], -1) == 0).all(axis=1).sum())
-            if dead:
-                out[t.layer_name] = dead / arr.shape[0]
-        return out
-
-    def _shrink(self, seam: Seam, ratios: dict[str, float]) -> None:
-        """Remove the masked channels physically through ``shrink.prune_channels``.
-
-        The masked filters are all zero, so their L1 norm is the smallest of their coupled group and
-        ``criterion='l1'`` removes exactly them when a group has one producer (conv -> BN chains);
-        coupled layers (residual adds) must carry equal ratios, and the classifier is never pruned
-        (use ``skip_last=True``). The optimizer's accumulators are sliced to match.
-        """
-        shape = self.input_shape or self._seen_input_shape
-        kwargs: dict[str, Any] = {"criterion": "l1", "optimizer": seam.optimizer}
-        if shape is not None:
-            kwargs["input_shape"] = tuple(shape)
-        self._prune_channels_fn()(seam.network, ratios, **kwargs)
-        self.masker = Masker(seam.network, **self.masker_args)  # the old one points at pre-shrink shapes
-
-    @staticmethod
-    def _prune_channels_fn():
-        try:
-            module = importlib.import_module("slim_callbacks.prune.shrink")
-            return getattr(module, "prune_channels")
-        except (ImportError, AttributeError) as err:
-            raise NotImplementedError(
-                "shrink=True needs slim_callbacks.prune.shrink.prune_channels (physical channel removal), "
-                f"which is not available yet ({err}); use shrink=False to keep channel masks only"
-            ) from err
+        self.shrinks = list(state.get("shrinks", []))

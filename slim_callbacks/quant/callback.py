@@ -112,6 +112,9 @@ class QATCallback(SlimCallback):
         seam.remove_batch_transform("qat")
         seam.unregister_state("qat")
 
+    def shapes_fixed_from(self) -> float | None:
+        return float(self.start_epoch)  # fake-quant layers (per-channel scales) from here on
+
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch = int(epoch)
         if self.seam is not None and is_quantized(self.seam.network):
@@ -196,6 +199,9 @@ class PTQCallback(SlimCallback):
                             hist_percent=float(hist_percent), bins=int(bins), layer_types=list(layer_types),
                             skip=list(skip), fold_bn=bool(fold_bn))
         self.ranges: dict[str, float] = {}
+
+    def shapes_fixed_from(self) -> float | None:
+        return float(self.total_epochs or 0)  # calibrates at train end
 
     def teardown(self, seam: Seam) -> None:
         from .ptq import calibrate

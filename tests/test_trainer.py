@@ -238,3 +238,21 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-6, err_msg=key)
+
+
+def test_cli_channel_prune_recipe_shrinks_and_reports(tmp_path):
+    root = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples", "recipes")
+    log_dir = tmp_path / "cp"
+    card = run(["--recipe", os.path.join(root, "channel_prune.yaml"), "--train-subset", "256", "--width", "0.5",
+                "--batch-size", "64", "--threads", "1", "--quiet", "--log-dir", str(log_dir),
+                "--export", str(log_dir / "export")])
+    from slim_callbacks.prune.shrink import count_macs_per_image
+    from trainers.models import build_model
+
+    dense = build_model("resnet20", 10, width=0.5)
+    assert card["macs"] < 0.6 * count_macs_per_image(dense)  # 30% of channels on both sides of most convs
+    assert card["params"] < 0.6 * sum(int(p.size) for p in dense.parameters() if p.trainable)
+    assert "removal(s)" in card["extra"]["channel pruning"]
+    final = paddle.load(str(log_dir / "checkpoints" / "final.slim"))
+    assert final["architecture"]["layers"]["conv1"]["params"]["weight"][0] == 6  # 8 -> 6 (30% of 8, floored)
+    assert os.path.exists(str(log_dir / "export" / "model_fp32.pdiparams"))

@@ -114,6 +114,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     final = trainer.fit(resume=args.resume)
     extra: dict[str, Any] = {"recipe": cfg.source, "dataset": cfg["dataset"]}
+    for cb in callbacks:
+        if getattr(cb, "shrinks", None):  # GradualPruneCallback removed channels: dense -> shrunk figures
+            (m0, m1), (p0, p1) = cb.summary["macs_per_image"], cb.summary["param_count"]
+            extra["channel pruning"] = (f"MACs/image {m0:,} -> {m1:,} ({m1 / m0:.2f}x), parameters {p0:,} -> {p1:,} "
+                                        f"({p1 / p0:.2f}x) in {len(cb.shrinks)} removal(s)")
     export_dir = args.export or cfg.get("export")
     if export_dir:
         extra["export"] = trainer.export(export_dir)

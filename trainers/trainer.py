@@ -275,7 +275,13 @@ class SlimTrainer:
             epochs_done = 0
             fingerprint = run_fingerprint(self.config, self.callbacks, self.network, self.name)
             if resume:
-                saved = Seam.read_checkpoint_state(resume).get("state", {}).get("trainer", {})
+                state = Seam.read_checkpoint_state(resume)
+                saved = state.get("state", {}).get("trainer", {})
+                if state and "trainer" not in state.get("state", {}):
+                    raise ValueError(
+                        f"cannot resume from {resume!r}: it holds no training state (only checkpoints written "
+                        f"during training do, {os.path.join(self.save_dir, 'latest')!r} or 'epoch_<n>'; 'final' "
+                        f"is the finished model, for loading)")
                 check_same_run(saved.get("fingerprint", {}), fingerprint)  # before any weight is loaded
                 self.model.load(resume)
                 epochs_done = int(saved.get("epochs_done", 0))
@@ -302,6 +308,9 @@ class SlimTrainer:
                 callbacks=[*self.callbacks, self.vdl, checkpoint],
                 accumulate_grad_batches=self.config.accumulate,
             )
+            # the finished model (masks stripped, channels removed, quantizers in place), with its
+            # architecture when channels were removed, so it loads into a freshly built network
+            self.model.save(os.path.join(self.save_dir, "final"))
         finally:
             seam.release()
         return self.evaluate()

@@ -5,7 +5,10 @@ images, crop + flip; Momentum 0.9, L2 5e-4, batch 128. FP32 baseline: lr 0.1 cos
 8 epochs (or loaded from --baseline, e.g. the quantization benchmark's cached one). From it:
 
 * ``control``: FP32 fine-tune, cosine from 0.01, --tune-epochs epochs;
-* ``shrink-<criterion>``: ``shrink_network(target_mac_reduction=--target)`` then the same fine-tune.
+* ``shrink-<criterion>``: ``shrink_network(target_mac_reduction=--target)`` then the same fine-tune;
+* ``gradual-<criterion>``: the same fine-tune with ``GradualPruneCallback(granularity='channel',
+  shrink='step')`` in the fit, ramping (cubic, every --frequency updates) to the uniform ratio that
+  removes --target of the MACs by epoch --ramp-end, removing channels as it goes.
 
 Prints top-1 before/after fine-tuning, MACs and parameters (hook-counted; asserted equal to the prediction).
 
@@ -28,13 +31,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
-from slim_callbacks.prune.shrink import shrink_network  # noqa: E402
+from slim_callbacks.prune import GradualPruneCallback  # noqa: E402
+from slim_callbacks.prune.depgraph import build_dependency_graph  # noqa: E402
+from slim_callbacks.prune.shrink import count_macs_per_image, plan_pruning, shrink_network  # noqa: E402
 from benchmarks._eval import arrays, top1  # noqa: E402
 from trainers.data import build_datasets  # noqa: E402
 from trainers.models import build_model  # noqa: E402
 
 
-def fit(net: paddle.nn.Layer, train, epochs: int, lr: float, batch: int = 128) -> float:
+def fit(net: paddle.nn.Layer, train, epochs: int, lr: float, batch: int = 128, callbacks=()) -> float:
     """Bar recipe fine-tune; returns seconds per epoch."""
     steps = epochs * int(np.ceil(len(train) / batch))
     sched = paddle.optimizer.lr.CosineAnnealingDecay(lr, T_max=steps)
@@ -44,7 +49,7 @@ def fit(net: paddle.nn.Layer, train, epochs: int, lr: float, batch: int = 128) -
     model.prepare(opt, paddle.nn.CrossEntropyLoss())
     t0 = time.perf_counter()
     model.fit(train, epochs=epochs, batch_size=batch, shuffle=True, verbose=0, num_workers=0,
-              callbacks=[paddle.callbacks.LRScheduler(by_step=True, by_epoch=False)])
+              callbacks=[paddle.callbacks.LRScheduler(by_step=True, by_epoch=False), *callbacks])
     return (time.perf_counter() - t0) / epochs
 
 
@@ -58,7 +63,9 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.5, help="fraction of MACs removed, in [0, 1)")
     ap.add_argument("--criteria", default="l1", help="comma list of l1,l2,fpgm,bn_scale")
     ap.add_argument("--round-to", type=int, default=1)
-    ap.add_argument("--runs", default="control,shrink")
+    ap.add_argument("--runs", default="control,shrink", help="comma list of control,shrink,gradual")
+    ap.add_argument("--ramp-end", type=float, default=1.5, help="gradual: epoch where the final ratio is reached")
+    ap.add_argument("--frequency", type=int, default=10, help="gradual: optimizer updates between removals")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -107,6 +114,25 @@ def main() -> None:
             entry["top1"] = top1(net, x_test, y_test)
             res[f"shrink_{criterion}"] = entry
             print(criterion, json.dumps(entry), flush=True)
+            save()
+    if "gradual" in runs:
+        for criterion in args.criteria.split(","):
+            net = build_model("resnet20", num_classes=classes)
+            net.set_state_dict(base_state)
+            ratio = max(plan_pruning(build_dependency_graph(net), target_mac_reduction=args.target,
+                                     round_to=args.round_to).ratios.values())
+            cb = GradualPruneCallback(ratio, granularity="channel", criterion=criterion, schedule="cubic",
+                                      end_epoch=args.ramp_end, frequency=args.frequency, shrink="step",
+                                      round_to=args.round_to, input_shape=[1, 3, 32, 32])
+            macs_before = count_macs_per_image(net)
+            entry = {"uniform_ratio": ratio, "ramp_end": args.ramp_end, "frequency": args.frequency}
+            entry["epoch_seconds"] = fit(net, train, args.tune_epochs, 0.01, callbacks=[cb])
+            entry["macs"] = [macs_before, count_macs_per_image(net)]
+            entry["mac_reduction"] = 1 - entry["macs"][1] / entry["macs"][0]
+            entry["removals"] = len(cb.shrinks)
+            entry["top1"] = top1(net, x_test, y_test)
+            res[f"gradual_{criterion}"] = entry
+            print("gradual", criterion, json.dumps(entry), flush=True)
             save()
     res["load_avg_end"] = os.getloadavg()
     save()

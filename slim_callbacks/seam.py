@@ -23,8 +23,9 @@ all three, so one :class:`Seam` is installed per ``paddle.Model`` and shared by 
 
 Hooks go in as *instance attributes* (``train_batch``, ``eval_batch``, ``save``, ``load``) and a wrapped
 ``_loss``; :meth:`Seam.uninstall` deletes/restores them and leaves the Model exactly as it was.
-Writes are atomic: every file goes to a temporary name and is renamed into place, so a process killed
-during a save leaves the previous checkpoint loadable.
+Writes are atomic as a set (:mod:`slim_callbacks.ckpt_files`): the files are written under temporary
+names and renamed into place with the previous set kept as a hard-linked backup until the last rename,
+so a process killed during a save leaves the previous checkpoint loadable.
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import paddle
 
+from .ckpt_files import MANIFEST_KEY, commit_set, complete_prefix, manifest
 from .reporting import Reporter
 
 __all__ = ["Seam", "StepContext", "atomic_save"]
@@ -487,12 +490,8 @@ class Seam:
                 # (runtime names like conv2d_42.w_0 depend on how many layers the process built before)
                 opt = self._rename_prefixes(paddle.load(tmp + ".pdopt"), self._structured_names())
                 paddle.save({**opt, _STRUCTURED: True}, tmp + ".pdopt")
-            paddle.save(self.state_dict(), tmp + SLIM_SUFFIX)
-            # each file is replaced atomically and the .slim goes in last; a kill between two renames
-            # can pair the new weights with the previous .slim, never leave a half-written file
-            names = sorted(os.listdir(tmp_prefix), key=lambda n: n.endswith(SLIM_SUFFIX))
-            for name in names:
-                os.replace(os.path.join(tmp_prefix, name), path + name[len("ckpt"):])
+            paddle.save({**self.state_dict(), MANIFEST_KEY: manifest(tmp)}, tmp + SLIM_SUFFIX)
+            commit_set(tmp, path)  # the three files replace the old ones as one set (see ckpt_files)
         finally:
             for name in os.listdir(tmp_prefix):
                 os.remove(os.path.join(tmp_prefix, name))
@@ -506,13 +505,18 @@ class Seam:
     @staticmethod
     def read_checkpoint_state(path: str) -> dict[str, Any]:
         """The compression state saved beside checkpoint ``path`` (``{}`` when it has none), unapplied."""
-        slim_file = Seam._prefix(path) + SLIM_SUFFIX
+        try:
+            slim_file = complete_prefix(Seam._prefix(path)) + SLIM_SUFFIX
+        except FileNotFoundError:
+            return {}
         return paddle.load(slim_file) if os.path.exists(slim_file) else {}
 
     def _load(self, path: str, skip_mismatch: bool = False, reset_optimizer: bool = False) -> None:
-        prefix = self._prefix(path)
-        if not os.path.exists(prefix + ".pdparams"):
-            raise FileNotFoundError(f"no checkpoint at {prefix!r}: expected {prefix + '.pdparams'}")
+        # the checkpoint's own files, or the complete set an interrupted save left as backup
+        prefix = complete_prefix(self._prefix(path))
+        if prefix != self._prefix(path):
+            warnings.warn(f"checkpoint {self._prefix(path)!r} was torn by an interrupted save; loading the previous "
+                          f"complete save of it instead")
         opt_file = prefix + ".pdopt"
         opt = paddle.load(opt_file) if os.path.exists(opt_file) and not reset_optimizer else None
         structured = bool(opt) and bool(opt.pop(_STRUCTURED, False))

@@ -1,6 +1,5 @@
 """GradualPruneCallback inside a real hapi fit on small synthetic data."""
 
-import sys
 
 import numpy as np
 import paddle

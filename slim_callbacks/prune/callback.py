@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-import numpy as np
 
 from ..callback import SlimCallback
 from ..schedule import SCHEDULES, Schedule, schedule_from_config

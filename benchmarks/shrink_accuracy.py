@@ -64,6 +64,10 @@ def main() -> None:
     ap.add_argument("--criteria", default="l1", help="comma list of l1,l2,fpgm,bn_scale")
     ap.add_argument("--round-to", type=int, default=1)
     ap.add_argument("--runs", default="control,shrink", help="comma list of control,shrink,gradual")
+    ap.add_argument("--ignored", default="", help="comma list of layers whose coupled groups stay whole, e.g. "
+                    "layer2.0.shortcut.0,layer3.0.shortcut.0,fc keeps the three residual streams")
+    ap.add_argument("--keep-residual", action="store_true", help="prune only inside blocks (keep_residual=True)")
+    ap.add_argument("--tag", default="", help="suffix of the result keys (several variants in one file)")
     ap.add_argument("--ramp-end", type=float, default=1.5, help="gradual: epoch where the final ratio is reached")
     ap.add_argument("--frequency", type=int, default=10, help="gradual: optimizer updates between removals")
     args = ap.parse_args()
@@ -94,6 +98,8 @@ def main() -> None:
     print("baseline", res["baseline_top1"], flush=True)
     save()
     runs = set(args.runs.split(","))
+    ignored = [n for n in args.ignored.split(",") if n]
+    res["ignored_layers"], res["keep_residual"] = ignored, args.keep_residual
     if "control" in runs:
         net = build_model("resnet20", num_classes=classes)
         net.set_state_dict(base_state)
@@ -105,14 +111,15 @@ def main() -> None:
         for criterion in args.criteria.split(","):
             net = build_model("resnet20", num_classes=classes)
             net.set_state_dict(base_state)
-            r = shrink_network(net, target_mac_reduction=args.target, criterion=criterion, round_to=args.round_to)
+            r = shrink_network(net, target_mac_reduction=args.target, criterion=criterion, round_to=args.round_to,
+                               ignored_layers=ignored, keep_residual=args.keep_residual)
             assert r.macs_after == r.plan.predicted_macs
             entry = {"macs": [r.macs_before, r.macs_after], "params": [r.params_before, r.params_after],
                      "mac_reduction": 1 - r.macs_after / r.macs_before,
                      "uniform_ratio": max(r.plan.ratios.values()), "top1_before_tune": top1(net, x_test, y_test)}
             entry["epoch_seconds"] = fit(net, train, args.tune_epochs, 0.01)
             entry["top1"] = top1(net, x_test, y_test)
-            res[f"shrink_{criterion}"] = entry
+            res[f"shrink_{criterion}{args.tag}"] = entry
             print(criterion, json.dumps(entry), flush=True)
             save()
     if "gradual" in runs:
@@ -120,10 +127,12 @@ def main() -> None:
             net = build_model("resnet20", num_classes=classes)
             net.set_state_dict(base_state)
             ratio = max(plan_pruning(build_dependency_graph(net), target_mac_reduction=args.target,
-                                     round_to=args.round_to).ratios.values())
+                                     round_to=args.round_to, ignored_layers=ignored,
+                                     keep_residual=args.keep_residual).ratios.values())
             cb = GradualPruneCallback(ratio, granularity="channel", criterion=criterion, schedule="cubic",
                                       end_epoch=args.ramp_end, frequency=args.frequency, shrink="step",
-                                      round_to=args.round_to, input_shape=[1, 3, 32, 32])
+                                      round_to=args.round_to, ignored_layers=ignored,
+                                      keep_residual=args.keep_residual, input_shape=[1, 3, 32, 32])
             macs_before = count_macs_per_image(net)
             entry = {"uniform_ratio": ratio, "ramp_end": args.ramp_end, "frequency": args.frequency}
             entry["epoch_seconds"] = fit(net, train, args.tune_epochs, 0.01, callbacks=[cb])
@@ -131,7 +140,7 @@ def main() -> None:
             entry["mac_reduction"] = 1 - entry["macs"][1] / entry["macs"][0]
             entry["removals"] = len(cb.shrinks)
             entry["top1"] = top1(net, x_test, y_test)
-            res[f"gradual_{criterion}"] = entry
+            res[f"gradual_{criterion}{args.tag}"] = entry
             print("gradual", criterion, json.dumps(entry), flush=True)
             save()
     res["load_avg_end"] = os.getloadavg()

@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.5, help="fraction of MACs to remove, in [0, 1)")
     ap.add_argument("--criterion", default="l1")
     ap.add_argument("--round-to", type=int, nargs="+", default=[1], help="one shrunk variant per value")
+    ap.add_argument("--keep-residual", action="store_true", help="also a keep_residual=True variant per round_to")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--hw", type=int, default=32)
     ap.add_argument("--runs", type=int, default=200)
@@ -84,11 +85,12 @@ def main() -> None:
             macs_dense = count_macs_per_image(dense, (1, 3, args.hw, args.hw))
             variants = [("dense", dense, None)]
             for r in args.round_to:
-                shrunk = copy.deepcopy(dense)
-                result = shrink_network(shrunk, target_mac_reduction=args.target, criterion=args.criterion,
-                                        round_to=r, input_shape=(1, 3, args.hw, args.hw))
-                assert result.macs_after == result.plan.predicted_macs
-                variants.append((f"round_to={r}", shrunk, result))
+                for keep in (False, True) if args.keep_residual else (False,):
+                    shrunk = copy.deepcopy(dense)
+                    result = shrink_network(shrunk, target_mac_reduction=args.target, criterion=args.criterion,
+                                            round_to=r, keep_residual=keep, input_shape=(1, 3, args.hw, args.hw))
+                    assert result.macs_after == result.plan.predicted_macs
+                    variants.append((f"round_to={r}" + (", keep_residual" if keep else ""), shrunk, result))
             for tag, net, result in variants:
                 path = os.path.join(tmp, f"{name}_{tag}", "model")
                 export(net, path, args.hw)

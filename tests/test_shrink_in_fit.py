@@ -196,6 +196,26 @@ def test_callbacks_that_fix_shapes_are_checked_before_training():
         np.testing.assert_array_equal(model.network.conv1.weight.numpy(), before)  # no step was taken
 
 
+@pytest.mark.parametrize("arch", ["resnet20", "mobilenet_v2"])
+def test_keep_residual_prunes_only_inside_blocks(arch):
+    from slim_callbacks.prune.depgraph import build_dependency_graph
+    from slim_callbacks.prune.shrink import is_residual
+
+    paddle.seed(0)
+    model = paddle.Model(build_model(arch, 4, width=0.5))
+    model.prepare(paddle.optimizer.Momentum(0.05, parameters=model.network.parameters()), nn.CrossEntropyLoss())
+    dense = build_dependency_graph(model.network, None, SHAPE)
+    streams = {g.layer_names()[0]: g.size for g in dense.groups if g.prunable and is_residual(g)}
+    assert streams  # both architectures add residual branches
+    cb = GradualPruneCallback(0.5, granularity="channel", schedule="constant", shrink=True, keep_residual=True,
+                              input_shape=SHAPE)
+    model.fit(Data(32), batch_size=16, epochs=1, verbose=0, callbacks=[cb])
+    after = build_dependency_graph(model.network, None, SHAPE)
+    sizes = {g.layer_names()[0]: g.size for g in after.groups if g.layer_names()}
+    assert all(sizes[name] == size for name, size in streams.items())  # every residual stream whole
+    assert cb.summary["macs_per_image"][1] < 0.7 * cb.summary["macs_per_image"][0]  # blocks did shrink
+
+
 def test_shrink_then_qat_then_int8_export(tmp_path):
     model = _model()
     cb = GradualPruneCallback(0.5, granularity="channel", schedule="constant", shrink="step", input_shape=SHAPE)
@@ -224,7 +244,7 @@ def test_bad_shrink_arguments():
         GradualPruneCallback(0.5, granularity="channel", shrink="later")
     with pytest.raises(ValueError, match="params and layer_types do not apply"):
         GradualPruneCallback(0.5, granularity="channel", shrink=True, params=[".*conv.*"])
-    with pytest.raises(ValueError, match="round_to and ignored_layers"):
+    with pytest.raises(ValueError, match="round_to, ignored_layers and keep_residual"):
         GradualPruneCallback(0.5, granularity="channel", round_to=8)
     model = _model()
     cb = GradualPruneCallback(0.5, granularity="channel", shrink=True, ignored_layers=["layer9"], input_shape=SHAPE)

@@ -80,6 +80,8 @@ class GradualPruneCallback(SlimCallback):
             classifier's outputs are never pruned); see the module docstring.
         round_to: with ``shrink``: kept channel counts are rounded up to a multiple of this (SIMD widths).
         ignored_layers: with ``shrink``: layer names whose coupled channel groups stay whole.
+        keep_residual: with ``shrink``: leave residual streams whole, prune only inside blocks (see
+            ``slim_callbacks.prune.shrink.prune_channels``).
         input_shape: input shape (batch first) to trace with: the channel dependency graph (``shrink``) or
             which BatchNorm follows which layer (``criterion='bn_scale'``); None traces the first
             training batch instead.
@@ -113,6 +115,7 @@ class GradualPruneCallback(SlimCallback):
         shrink: bool | str = False,
         round_to: int = 1,
         ignored_layers: Sequence[str] | None = None,
+        keep_residual: bool = False,
         input_shape: Sequence[int] | None = None,
         histograms: bool = True,
     ) -> None:
@@ -138,8 +141,9 @@ class GradualPruneCallback(SlimCallback):
         if self.shrink and (params is not None or layer_types is not None):
             raise ValueError("shrink prunes whole coupled channel groups of the traced network; params and layer_types "
                              "do not apply (use ignored_layers to keep groups whole)")
-        if not self.shrink and (round_to != 1 or ignored_layers):
-            raise ValueError("round_to and ignored_layers apply to channel-group pruning (shrink=True/'end'/'step')")
+        if not self.shrink and (round_to != 1 or ignored_layers or keep_residual):
+            raise ValueError("round_to, ignored_layers and keep_residual apply to channel-group pruning "
+                             "(shrink=True/'end'/'step')")
         if isinstance(schedule, str) and schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; valid: {sorted(SCHEDULES)}, a Schedule or a config dict")
         self.start_epoch, self.end_epoch = start_epoch, end_epoch
@@ -159,6 +163,7 @@ class GradualPruneCallback(SlimCallback):
         self.strip_at_end = strip_at_end
         self.round_to = round_to
         self.ignored_layers = list(ignored_layers or [])
+        self.keep_residual = keep_residual
         self.shrinks: list[dict[str, Any]] = []  #: one entry per physical removal (step, MACs, parameters)
         self.input_shape = list(input_shape) if input_shape is not None else None
         self.histograms = histograms
@@ -319,7 +324,8 @@ class GradualPruneCallback(SlimCallback):
         for member in seam.conductor.members if seam.conductor is not None else []:
             readers.update(member.channel_readers())
         return GroupMasker(seam.network, criterion=self.masker_args["criterion"], round_to=self.round_to,
-                           ignored_layers=ignored, keep_outputs=readers, example_input=example)
+                           ignored_layers=ignored, keep_residual=self.keep_residual, keep_outputs=readers,
+                           example_input=example)
 
     def _ramp_end_epoch(self) -> float:
         """Epoch where the schedule reaches its final value (inf when it cannot be known)."""

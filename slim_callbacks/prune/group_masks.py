@@ -67,6 +67,7 @@ class GroupMasker:
         criterion: 'l1', 'l2', 'fpgm' or 'bn_scale' (see :func:`~.shrink.group_importance`).
         round_to: kept channel counts are rounded up to a multiple of this (e.g. 8 for SIMD widths).
         ignored_layers: layer names whose coupled groups stay whole.
+        keep_residual: leave residual streams whole (see :func:`~.shrink.prune_channels`).
         keep_outputs: ``{layer name: why}``: layers whose output channels something outside the network
             reads (a distillation tap with an adapter); their groups stay whole.
         example_input: tensor (or tuple) to trace with; None leaves :attr:`needs_trace` True until
@@ -86,6 +87,7 @@ class GroupMasker:
         criterion: str = "l1",
         round_to: int = 1,
         ignored_layers: Sequence[str] = (),
+        keep_residual: bool = False,
         keep_outputs: Mapping[str, str] | Sequence[str] = (),
         example_input: Any = None,
     ) -> None:
@@ -97,6 +99,7 @@ class GroupMasker:
         self.criterion = criterion
         self.round_to = round_to
         self.ignored_layers = list(ignored_layers)
+        self.keep_residual = keep_residual
         self.keep_outputs = (dict(keep_outputs) if isinstance(keep_outputs, Mapping)
                              else {name: "kept whole on request" for name in keep_outputs})
         known = {name for name, _ in net.named_sublayers()}
@@ -137,7 +140,7 @@ class GroupMasker:
                 protected |= {g.index for g in graph.output_groups(name)}
             except KeyError as err:
                 raise ValueError(f"{why}: {err.args[0]}") from None
-        candidates = [g for g in _candidate_groups(graph, set(self.ignored_layers)) if g.index not in protected]
+        candidates = [g for g in _candidate_groups(graph, set(self.ignored_layers), self.keep_residual) if g.index not in protected]
         _refuse_blocked(graph, candidates)
         if not candidates:
             raise ValueError(f"{type(self.net).__name__} has no prunable channel group "

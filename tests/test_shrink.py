@@ -389,3 +389,14 @@ def test_legacy_batchnorm_class_with_fused_act_is_sliced_exactly():
 def test_unknown_ignored_layer_is_an_error():
     with pytest.raises(ValueError, match=r"ignored_layers \['nope'\] are not layers"):
         prune_channels(GroupedNet(), 0.5, input_shape=(1, 3, 8, 8), ignored_layers=["nope"])
+
+
+def test_keep_residual_leaves_every_residual_stream_whole():
+    from slim_callbacks.prune.shrink import prune_channels
+
+    net = build_model("resnet20", 10, width=0.5)
+    prune_channels(net, 0.5, keep_residual=True)
+    assert net.conv1.weight.shape[0] == 8 and net.fc.weight.shape[0] == 32  # streams: 8 / 16 / 32 channels
+    assert net.layer2[0].shortcut[0].weight.shape[:2] == [16, 8]
+    assert all(block.conv1.weight.shape[0] == block.conv2.weight.shape[1] == block.conv2.weight.shape[0] // 2
+               for stage in (net.layer1, net.layer2, net.layer3) for block in stage)

@@ -42,7 +42,9 @@ class KilledAfter(paddle.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _trainer(log_dir, order, extra=()):
+def stack_trainer(log_dir, make_callbacks, extra=()):
+    """SlimTrainer of a ResNet-20 (width 0.25) student on 128 sample images, for EPOCHS epochs, with
+    ``make_callbacks(teacher)`` (teacher: a BN-calibrated ResNet-20 of width 0.5) plus ``extra``."""
     train, test, n = build_datasets("sample", train_subset=128)
     test = paddle.io.Subset(test, list(range(64)))
     paddle.seed(7)
@@ -50,17 +52,24 @@ def _trainer(log_dir, order, extra=()):
     calibrate_bn(teacher, train)
     paddle.seed(0)
     student = build_model("resnet20", n, width=0.25)
-    made = {
-        "distill": DistillCallback(teacher, feature_pairs=[("layer3", "layer3")], feature_loss="mse", soft_label_weight=0.5,
-                                   mixing="cutmix"),
-        "prune": GradualPruneCallback(final_sparsity=0.5, start_epoch=0, end_epoch=1, granularity="global"),
-        "qat": QATCallback(start_epoch=1),
-    }
     return SlimTrainer(
-        student, train, test, callbacks=[made[k] for k in order] + list(extra),
+        student, train, test, callbacks=list(make_callbacks(teacher)) + list(extra),
         config=TrainConfig(epochs=EPOCHS, batch_size=32, threads=1, verbose=0, lr=0.05, seed=1),
         log_dir=str(log_dir),
     )
+
+
+def _trainer(log_dir, order, extra=()):
+    def make(teacher):
+        made = {
+            "distill": DistillCallback(teacher, feature_pairs=[("layer3", "layer3")], feature_loss="mse",
+                                       soft_label_weight=0.5, mixing="cutmix"),
+            "prune": GradualPruneCallback(final_sparsity=0.5, start_epoch=0, end_epoch=1, granularity="global"),
+            "qat": QATCallback(start_epoch=1),
+        }
+        return [made[k] for k in order]
+
+    return stack_trainer(log_dir, make, extra)
 
 
 @pytest.fixture(scope="module")

@@ -253,25 +253,13 @@ def test_bad_shrink_arguments():
 
 
 def _shrinking_trainer(log_dir, extra=()):
-    from test_compose import calibrate_bn
-    from trainers.data import build_datasets
-    from trainers.trainer import SlimTrainer, TrainConfig
+    from test_compose import stack_trainer
 
-    train, test, n = build_datasets("sample", train_subset=128)
-    test = paddle.io.Subset(test, list(range(64)))
-    paddle.seed(7)
-    teacher = build_model("resnet20", n, width=0.5)
-    calibrate_bn(teacher, train)
-    paddle.seed(0)
-    student = build_model("resnet20", n, width=0.25)
-    callbacks = [
+    return stack_trainer(log_dir, lambda teacher: [
         DistillCallback(teacher, feature_pairs=[("layer3", "layer3")], feature_loss="mse", soft_label_weight=0.5),
         GradualPruneCallback(0.5, granularity="channel", schedule="linear", end_epoch=2, shrink="step"),
         QATCallback(start_epoch=2),
-    ]
-    return SlimTrainer(student, train, test, callbacks=callbacks + list(extra),
-                       config=TrainConfig(epochs=3, batch_size=32, threads=1, verbose=0, lr=0.05, seed=1),
-                       log_dir=str(log_dir))
+    ], extra)
 
 
 def test_resume_after_a_shrink_matches_an_uninterrupted_run(tmp_path):

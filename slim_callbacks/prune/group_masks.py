@@ -39,13 +39,13 @@ from paddle import nn
 from .depgraph import ChannelGroup, DependencyGraph, build_dependency_graph
 from .masks import SparsityReport, check_sparsity, count_sparsity, select_targets
 from .shrink import (
-    CRITERIA,
     ShrinkResult,
     _candidate_groups,
     _keep_count,
     _layer_plan,
     _refuse_blocked,
     apply_plan,
+    check_criterion_and_rounding,
     group_importance,
     plan_from_kept,
     slice_optimizer_state,
@@ -91,10 +91,7 @@ class GroupMasker:
         keep_outputs: Mapping[str, str] | Sequence[str] = (),
         example_input: Any = None,
     ) -> None:
-        if criterion not in CRITERIA:
-            raise ValueError(f"unknown channel criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
-        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-            raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}")
+        check_criterion_and_rounding(criterion, round_to)
         self.net = net
         self.criterion = criterion
         self.round_to = round_to

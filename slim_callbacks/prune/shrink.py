@@ -178,6 +178,14 @@ def _keep_count(size: int, ratio: float, round_to: int) -> int:
     return max(1, min(size, keep))
 
 
+def check_criterion_and_rounding(criterion: str, round_to: int) -> None:
+    """ValueError for an unknown channel criterion or a ``round_to`` that is not an integer >= 1."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown channel criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}")
+
+
 def _check_ratio(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
         raise ValueError(f"{what} must be a number in [0, 1), got {value!r}")
@@ -257,10 +265,7 @@ def plan_pruning(
     keep_residual: bool = False,
 ) -> PruningPlan:
     """Choose the channels to keep. See :func:`prune_channels` for the arguments."""
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
-    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}")
+    check_criterion_and_rounding(criterion, round_to)
     if (ratio is None) == (target_mac_reduction is None):
         raise ValueError("give exactly one of ratio (float or {layer name: ratio}) and target_mac_reduction")
     ignored = set(ignored_layers)

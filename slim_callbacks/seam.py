@@ -195,12 +195,12 @@ class Seam:
         The architecture (:func:`slim_callbacks.prune.shrink.describe_architecture`) goes into every
         later ``PATH.slim``, and ``model.load`` applies it to the network before loading weights.
 
-        With nranks > 1, ``paddle.DataParallel``'s C++ reducer has hooked every parameter's gradient
-        with buckets of its construction-time size, and Paddle offers no way to unhook it. So every
-        parameter of the network is replaced by a fresh Parameter (same name, values and attributes) that the
-        old reducer never sees, the optimizer is pointed at it (its accumulators are keyed by name and
-        stay), and the network gets a new DataParallel. The old wrapper is kept alive: its hooks on the
-        retired parameters still reference it.
+        With nranks > 1, ``paddle.DataParallel``'s C++ reducer was built for the parameters as they were
+        (fused buckets, gradient hooks that Paddle offers no way to remove). Rather than rely on how it
+        treats resized tensors, every parameter of the network is replaced by a fresh Parameter (same
+        name, values and attributes) that the old reducer never sees, the optimizer is pointed at it
+        (its accumulators are keyed by name and stay), and the network gets a new DataParallel. The old
+        wrapper is kept alive: its hooks on the retired parameters still reference it.
         """
         from .prune.shrink import describe_architecture
 

@@ -137,7 +137,8 @@ class GroupMasker:
                 protected |= {g.index for g in graph.output_groups(name)}
             except KeyError as err:
                 raise ValueError(f"{why}: {err.args[0]}") from None
-        candidates = [g for g in _candidate_groups(graph, set(self.ignored_layers), self.keep_residual) if g.index not in protected]
+        candidates = [g for g in _candidate_groups(graph, set(self.ignored_layers), self.keep_residual)
+                      if g.index not in protected]
         _refuse_blocked(graph, candidates)
         if not candidates:
             raise ValueError(f"{type(self.net).__name__} has no prunable channel group "

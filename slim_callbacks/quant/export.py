@@ -107,10 +107,27 @@ class _Deployed(nn.Layer):
             x = self.act_qdq(x)
             w = self.w_qdq(w)
         if self.is_conv:
-            return F.conv2d(x, w, self.bias, **self.conf)
+            if self.bias is None or paddle.in_dynamic_mode():
+                return F.conv2d(x, w, self.bias, **self.conf)
+            return _add_channel_bias(F.conv2d(x, w, None, **self.conf), self.bias)
         if self.linear_as_conv:
             return F.conv2d(x, w, self.bias).reshape(lead + [int(w.shape[0])])
         return F.linear(x, w, self.bias)
+
+
+def _add_channel_bias(out, bias):
+    """``out + bias`` along the channel axis, written into the legacy program as ONE
+    ``elementwise_add(axis=1)`` on the persistable bias: the pattern oneDNN's conv+bias fusion (and
+    the conv+ReLU, conv+residual-add fusions built on it) matches. ``F.conv2d(x, w, bias)`` writes
+    ``reshape2(bias)`` + ``elementwise_add`` instead, which fuses nothing: separate adds and ReLUs
+    after every convolution, in the FP32 twin as in the INT8 model (docs/benchmarks_full_stack.md)."""
+    from paddle.base.layer_helper import LayerHelper
+
+    helper = LayerHelper("elementwise_add")
+    result = helper.create_variable_for_type_inference(out.dtype)
+    helper.append_op(type="elementwise_add", inputs={"X": [out], "Y": [bias]}, outputs={"Out": [result]},
+                     attrs={"axis": 1})
+    return result
 
 
 def _check_exportable(network: nn.Layer) -> dict[str, QuantWrapper]:

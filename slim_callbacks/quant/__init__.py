@@ -16,6 +16,7 @@ from .qat import (
 )
 from .ptq import ALGOS as PTQ_ALGOS, calibrate, choose_range
 from .export import export_float, export_int8, onednn_kernel_census, verify_deployment
+from ._deploy_worker import inference_config
 from .callback import PTQCallback, QATCallback
 from .dynamic import DynamicQuantLinear, DynamicQuantRNN, quantize_dynamic
 
@@ -30,6 +31,7 @@ __all__ = [
     "choose_range",
     "export_float",
     "export_int8",
+    "inference_config",
     "folded_pairs",
     "onednn_kernel_census",
     "verify_deployment",

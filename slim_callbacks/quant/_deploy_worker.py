@@ -1,9 +1,10 @@
 """Paddle Inference worker run in a subprocess (FLAGS_enable_pir_api=0 set in its environment).
 
-Not imported by the package: ``export.verify_deployment`` starts it as ``python _deploy_worker.py JOB.json``.
-It needs only numpy and paddle.inference, so it never has to rebuild the user's network class.
+``export.verify_deployment`` starts it as ``python _deploy_worker.py JOB.json``; it needs only numpy and
+paddle.inference, so it never has to rebuild the user's network class. The package re-exports
+:func:`inference_config`, the deployment configuration it measures.
 
-Job keys: models {label: [pdmodel, pdiparams, int8(bool)]}, data (npz with 'x'), eval_batch, threads,
+Job keys: models {label: [pdmodel, pdiparams, int8(bool), optional fuse_residual(bool)]}, data (npz with 'x'), eval_batch, threads,
 timing {batch_sizes, repeats, warmup} or null, out (npz for logits), result (json path).
 """
 
@@ -16,7 +17,20 @@ import time
 import numpy as np
 
 
-def make_predictor(pdmodel: str, pdiparams: str, int8: bool, threads: int):
+#: Paddle Inference passes deleted for INT8 models unless ``fuse_residual=True``: fusing a residual add
+#: into the conv before quantization leaves every conv whose add operand carries no recorded scale
+#: (after a projection shortcut, at the last block) in f32 (docs/quantization.md).
+RESIDUAL_FUSION_PASSES = ("conv_elementwise_add_onednn_fuse_pass",)
+
+
+def inference_config(pdmodel: str, pdiparams: str, int8: bool = True, threads: int = 1,
+                     fuse_residual: bool = False):
+    """The ``paddle.inference.Config`` that :func:`slim_callbacks.quant.verify_deployment` measures.
+
+    oneDNN on CPU with ``threads`` math threads; with ``int8``, oneDNN INT8 and (unless
+    ``fuse_residual``) without the conv + residual-add fusion, so that every conv runs s8/u8. Load a
+    legacy ``.pdmodel`` with ``FLAGS_enable_pir_api=0`` in the environment.
+    """
     import paddle.inference as pi
 
     config = pi.Config(pdmodel, pdiparams)
@@ -25,8 +39,17 @@ def make_predictor(pdmodel: str, pdiparams: str, int8: bool, threads: int):
     config.enable_onednn() if hasattr(config, "enable_onednn") else config.enable_mkldnn()
     if int8:
         config.enable_onednn_int8() if hasattr(config, "enable_onednn_int8") else config.enable_mkldnn_int8()
+        if not fuse_residual:
+            for name in RESIDUAL_FUSION_PASSES:
+                config.delete_pass(name)
     config.disable_glog_info()
-    return pi.create_predictor(config)
+    return config
+
+
+def make_predictor(pdmodel: str, pdiparams: str, int8: bool, threads: int, fuse_residual: bool = False):
+    import paddle.inference as pi
+
+    return pi.create_predictor(inference_config(pdmodel, pdiparams, int8, threads, fuse_residual))
 
 
 def run(predictor, x: np.ndarray) -> np.ndarray:
@@ -41,7 +64,8 @@ def main(job_path: str) -> None:
     with open(job_path) as f:
         job = json.load(f)
     x = np.load(job["data"])["x"]
-    predictors = {label: make_predictor(m[0], m[1], bool(m[2]), job["threads"]) for label, m in job["models"].items()}
+    predictors = {label: make_predictor(m[0], m[1], bool(m[2]), job["threads"], bool(m[3]) if len(m) > 3 else False)
+                  for label, m in job["models"].items()}
     bs = int(job.get("eval_batch", 64))
     logits = {label: np.concatenate([run(p, x[i:i + bs]) for i in range(0, len(x), bs)])
               for label, p in predictors.items()}

@@ -180,7 +180,7 @@ def deploy(net: paddle.nn.Layer, prefix: str, x: np.ndarray, y: np.ndarray, thre
 CENSUS = r"""
 import sys, numpy as np
 from slim_callbacks.quant._deploy_worker import make_predictor, run
-p = make_predictor(sys.argv[1] + ".pdmodel", sys.argv[1] + ".pdiparams", sys.argv[2] == "1", 1)
+p = make_predictor(sys.argv[1] + ".pdmodel", sys.argv[1] + ".pdiparams", sys.argv[2] == "1", 1, sys.argv[4] == "1")
 x = np.load(sys.argv[3])["x"]
 run(p, x)  # the first run also reorders weights once
 print("=====SECOND RUN=====", flush=True)
@@ -188,14 +188,15 @@ run(p, x)
 """
 
 
-def primitive_census(prefix: str, int8: bool, x: np.ndarray, work: str) -> dict:
+def primitive_census(prefix: str, int8: bool, x: np.ndarray, work: str, fuse_residual: bool = False) -> dict:
     """Executed oneDNN primitives by kind (convolution, binary, eltwise, reorder, ...) in the second
     run of one batch (ONEDNN_VERBOSE=1, 1 thread): which ops were fused into the convolutions."""
     data = os.path.join(work, "census_x.npz")
     np.savez(data, x=x)
     env = dict(os.environ, FLAGS_enable_pir_api="0", ONEDNN_VERBOSE="1", GLOG_minloglevel="2", OMP_NUM_THREADS="1",
                PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", CENSUS, prefix, "1" if int8 else "0", data], env=env,
+    out = subprocess.run([sys.executable, "-c", CENSUS, prefix, "1" if int8 else "0", data,
+                          "1" if fuse_residual else "0"], env=env,
                          capture_output=True, text=True, timeout=600).stdout.split("=====SECOND RUN=====")[-1]
     kinds: dict[str, int] = {}
     for line in out.splitlines():
@@ -216,6 +217,7 @@ def exported_models(work: str, base_prefix: str) -> dict:
         if os.path.exists(p + ".pdmodel"):
             models[f"{key}_fp32"] = [p + "_fp32.pdmodel", p + "_fp32.pdiparams", False]
             models[f"{key}_int8"] = [p + ".pdmodel", p + ".pdiparams", True]
+            models[f"{key}_int8_fuse_residual"] = [p + ".pdmodel", p + ".pdiparams", True, True]
     return models
 
 
@@ -372,8 +374,9 @@ def main() -> None:
 
     if "census" in steps:
         entry = stamp()
-        entry["primitives_per_batch"] = {key: primitive_census(m[0][:-len(".pdmodel")], m[2], x_test[:2], args.work)
-                                         for key, m in exported_models(args.work, base_prefix).items()}
+        entry["primitives_per_batch"] = {
+            key: primitive_census(m[0][:-len(".pdmodel")], m[2], x_test[:2], args.work, len(m) > 3 and m[3])
+            for key, m in exported_models(args.work, base_prefix).items()}
         results["census"] = entry
         print("census", json.dumps(entry["primitives_per_batch"]), flush=True)
         save()

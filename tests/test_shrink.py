@@ -400,3 +400,13 @@ def test_keep_residual_leaves_every_residual_stream_whole():
     assert net.layer2[0].shortcut[0].weight.shape[:2] == [16, 8]
     assert all(block.conv1.weight.shape[0] == block.conv2.weight.shape[1] == block.conv2.weight.shape[0] // 2
                for stage in (net.layer1, net.layer2, net.layer3) for block in stage)
+
+
+def test_mac_count_includes_qat_wrapped_layers():
+    from slim_callbacks.prune.shrink import count_macs_per_image
+    from slim_callbacks.quant import quantize_qat
+
+    net = build_model("resnet20", 10, width=0.5)
+    dense = count_macs_per_image(net)
+    quantize_qat(net, example_inputs=paddle.randn([2, 3, 32, 32]))
+    assert count_macs_per_image(net) == dense > 0

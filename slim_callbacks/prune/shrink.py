@@ -553,7 +553,8 @@ def slice_optimizer_state(optimizer: paddle.optimizer.Optimizer, slices: Mapping
 
 # ---- MAC counting -------------------------------------------------------------------------------------
 def count_macs_per_image(network: nn.Layer, example_input: Any = (1, 3, 32, 32)) -> int:
-    """Conv and Linear multiply-accumulates per image, counted with forward hooks on one eval pass.
+    """Conv and Linear multiply-accumulates per image, counted with forward hooks on one eval pass
+    (QAT-wrapped convs and linears included).
 
     ``example_input``: a tensor, a tuple of tensors, or a batch-first shape (zeros are used).
     """
@@ -562,14 +563,18 @@ def count_macs_per_image(network: nn.Layer, example_input: Any = (1, 3, 32, 32))
     inputs = tuple(example_input) if isinstance(example_input, (list, tuple)) else (example_input,)
     total = [0]
 
+    from ..quant.fake_quant import QuantConv2D, QuantLinear  # QAT wrappers call the functional ops
+
+    linears = (nn.Linear, QuantLinear)
+
     def hook(layer, ins, out):
-        if isinstance(layer, nn.Linear):
+        if isinstance(layer, linears):
             total[0] += int(np.prod(out.shape)) * int(layer.weight.shape[0])
         else:
             total[0] += int(np.prod(out.shape)) * int(np.prod(layer.weight.shape[1:]))
 
     handles = [layer.register_forward_post_hook(hook) for layer in network.sublayers(include_self=True)
-               if isinstance(layer, (nn.Conv1D, nn.Conv2D, nn.Conv3D, nn.Linear))]
+               if isinstance(layer, (nn.Conv1D, nn.Conv2D, nn.Conv3D, QuantConv2D) + linears)]
     try:
         _output_shapes(network, inputs)
     finally:

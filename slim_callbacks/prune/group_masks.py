@@ -221,12 +221,6 @@ class GroupMasker:
         """Re-read the Conv/Linear weights reported on (after a shrink, or parameters replaced by the seam)."""
         self.targets = select_targets(self.net)
 
-    def channel_summary(self) -> dict[str, tuple[int, int]]:
-        """{group key: (current channels, original channels)} for every prunable group."""
-        if self.graph is None:
-            return {}
-        return {group_key(g): (g.size, self.original_sizes[group_key(g)]) for g in self._candidates}
-
     # ---- removing ---------------------------------------------------------------------------------
     def strip(self) -> SparsityReport:
         """Apply the masks a last time and forget them (zeros stay; :attr:`kept` stays for :meth:`shrink`)."""

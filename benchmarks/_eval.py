@@ -21,3 +21,16 @@ def top1(net: paddle.nn.Layer, x: np.ndarray, y: np.ndarray, batch: int = 500) -
         for i in range(0, len(x), batch):
             correct += int((net(paddle.to_tensor(x[i:i + batch])).numpy().argmax(1) == y[i:i + batch]).sum())
     return correct / len(x)
+
+
+def resnet20_momentum_model(seed: int = 0, lr: float = 0.01) -> tuple[paddle.nn.Layer, paddle.Model]:
+    """A CIFAR ResNet-20 (10 classes) in a ``paddle.Model`` prepared with Momentum 0.9, L2 5e-4 and
+    cross-entropy: the set-up the pruning overhead benchmarks time."""
+    from trainers.models import build_model
+
+    paddle.seed(seed)
+    net = build_model("resnet20", num_classes=10)
+    model = paddle.Model(net)
+    opt = paddle.optimizer.Momentum(lr, momentum=0.9, parameters=net.parameters(), weight_decay=5e-4)
+    model.prepare(opt, paddle.nn.CrossEntropyLoss())
+    return net, model

@@ -35,13 +35,9 @@ def main() -> None:
     from paddle import nn
 
     from slim_callbacks.prune import GradualPruneCallback
-    from trainers.models import build_model
+    from benchmarks._eval import resnet20_momentum_model
 
-    paddle.seed(0)
-    net = build_model("resnet20", num_classes=10)
-    model = paddle.Model(net)
-    opt = paddle.optimizer.Momentum(0.01, momentum=0.9, parameters=net.parameters(), weight_decay=5e-4)
-    model.prepare(opt, nn.CrossEntropyLoss())
+    net, model = resnet20_momentum_model()
     rng = np.random.RandomState(0)
     n = args.steps * args.batch_size
     data = paddle.io.TensorDataset([

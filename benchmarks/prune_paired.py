@@ -30,17 +30,12 @@ def main() -> None:
     args = parser.parse_args()
 
     import paddle
-    from paddle import nn
 
     from slim_callbacks.prune import Masker
     from slim_callbacks.seam import Seam
-    from trainers.models import build_model
+    from benchmarks._eval import resnet20_momentum_model
 
-    paddle.seed(0)
-    net = build_model("resnet20", num_classes=10)
-    model = paddle.Model(net)
-    opt = paddle.optimizer.Momentum(0.01, momentum=0.9, parameters=net.parameters(), weight_decay=5e-4)
-    model.prepare(opt, nn.CrossEntropyLoss())
+    net, model = resnet20_momentum_model()
     seam = Seam.attach(model)
     rng = np.random.RandomState(0)
     x = rng.rand(args.batch_size, 3, 32, 32).astype("float32")
